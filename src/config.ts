@@ -1,0 +1,354 @@
+// Loads the agent's TOML configuration into a validated, typed Config.
+//
+// The file format is the original agent's (log_file, snapstore_destinations, ...) plus our own
+// keys. Unlike the original, every problem is fatal and reported once, naming the file and the
+// key: an unknown key is a typo until proven otherwise, and a bad certificate found at the first
+// TLS handshake is much harder to diagnose than one found at start.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import toml from 'toml';
+
+export const DEFAULT_CONFIG_FILE = '/etc/coriolis-snapshot-agent/config.toml';
+export const DEFAULT_DATABASE_FILE = '/var/lib/coriolis-snapshot-agent/agent.db';
+export const DEFAULT_SNAP_STORE_FILE_SIZE = 2 * 1024 ** 3;
+export const DEFAULT_NBD_PORT = 10809;
+export const DEFAULT_NBD_MAX_CONNECTIONS = 64;
+
+export type EngineKind = 'veeamsnap' | 'simulated';
+
+/** PEM material, loaded and checked at start so a bad file never surfaces as a handshake error. */
+export interface TlsMaterial {
+  certificateFile: string;
+  keyFile: string;
+  caCertificateFile: string;
+  certificate: string;
+  key: string;
+  caCertificate: string;
+}
+
+export interface SnapstoreMapping {
+  /** Tracking id of the disk: its kernel name, e.g. "vda". */
+  device: string;
+  /** One of snapstoreDestinations. */
+  location: string;
+}
+
+export interface Config {
+  file: string;
+  engine: EngineKind;
+  logFile: string | null;
+  databaseFile: string;
+  snapstoreDestinations: string[];
+  autoInitPhysicalDisks: boolean;
+  snapstoreMappings: SnapstoreMapping[];
+  /** Both the growth step of a snapstore and its free-space threshold, in bytes. */
+  snapStoreFileSize: number;
+  api: { bind: string; port: number; tls: TlsMaterial };
+  nbd: {
+    bind: string;
+    port: number;
+    tls: 'require' | 'off';
+    certificates: TlsMaterial;
+    unixSocket: string | null;
+    maxConnections: number;
+  };
+  simulated: { disks: string[]; imageDir: string | null };
+}
+
+export class ConfigError extends Error {
+  constructor(readonly file: string, readonly key: string | null, problem: string) {
+    super(key === null ? `config ${file}: ${problem}` : `config ${file}: ${key}: ${problem}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type TomlTable = Record<string, unknown>;
+
+function describe(value: unknown): string {
+  if (typeof value === 'bigint') return `integer ${value}`;
+  if (typeof value === 'string') return `string ${JSON.stringify(value)}`;
+  if (Array.isArray(value)) return 'an array';
+  if (value instanceof Date) return 'a date';
+  if (value !== null && typeof value === 'object') return 'a table';
+  return `${typeof value} ${String(value)}`;
+}
+
+/**
+ * One TOML table being read, with the keys it may hold. Unknown keys are refused before any
+ * value is looked at, so a misspelt key is reported as such and not as the key it hides.
+ */
+class TableReader {
+  constructor(readonly file: string, private readonly prefix: string, private readonly table: TomlTable,
+    knownKeys: readonly string[]) {
+    const unknown = Object.keys(table).find((key) => !knownKeys.includes(key));
+    if (unknown !== undefined) throw this.error(unknown, 'unknown key');
+  }
+
+  error(key: string, problem: string): ConfigError {
+    return new ConfigError(this.file, this.prefix + key, problem);
+  }
+
+  has(key: string): boolean {
+    return this.table[key] !== undefined;
+  }
+
+  string(key: string): string | undefined {
+    const value = this.table[key];
+    if (value === undefined) return undefined;
+    if (typeof value !== 'string') throw this.error(key, `must be a string, got ${describe(value)}`);
+    return value;
+  }
+
+  requiredString(key: string): string {
+    const value = this.string(key);
+    if (value === undefined || value === '') throw this.error(key, 'is required');
+    return value;
+  }
+
+  boolean(key: string, fallback: boolean): boolean {
+    const value = this.table[key];
+    if (value === undefined) return fallback;
+    if (typeof value !== 'boolean') throw this.error(key, `must be true or false, got ${describe(value)}`);
+    return value;
+  }
+
+  /** A positive integer that fits a JS number exactly; TOML floats are refused. */
+  positiveInteger(key: string, fallback: number | undefined, max = Number.MAX_SAFE_INTEGER): number {
+    const value = this.table[key];
+    if (value === undefined) {
+      if (fallback === undefined) throw this.error(key, 'is required');
+      return fallback;
+    }
+    if (typeof value !== 'bigint' || value <= 0n || value > BigInt(max)) {
+      throw this.error(key, `must be a positive integer no larger than ${max}, got ${describe(value)}`);
+    }
+    return Number(value);
+  }
+
+  absolutePath(key: string): string | undefined {
+    const value = this.string(key);
+    if (value === undefined) return undefined;
+    return this.checkAbsolute(key, value);
+  }
+
+  checkAbsolute(key: string, value: string): string {
+    if (value === '' || !path.isAbsolute(value)) throw this.error(key, `must be an absolute path, got ${JSON.stringify(value)}`);
+    return path.normalize(value);
+  }
+
+  pathArray(key: string): string[] | undefined {
+    const value = this.table[key];
+    if (value === undefined) return undefined;
+    if (!Array.isArray(value)) throw this.error(key, `must be an array of paths, got ${describe(value)}`);
+    return value.map((item, index) => {
+      if (typeof item !== 'string') throw this.error(`${key}[${index}]`, `must be a string, got ${describe(item)}`);
+      return this.checkAbsolute(`${key}[${index}]`, item);
+    });
+  }
+
+  section(key: string, knownKeys: readonly string[]): TableReader {
+    const value = this.table[key] ?? {};
+    if (!isTable(value)) throw this.error(key, `must be a table, got ${describe(value)}`);
+    return new TableReader(this.file, `${this.prefix}${key}.`, value, knownKeys);
+  }
+
+  sectionArray(key: string, knownKeys: readonly string[]): TableReader[] {
+    const value = this.table[key];
+    if (value === undefined) return [];
+    if (!Array.isArray(value) || !value.every(isTable)) {
+      throw this.error(key, `must be an array of tables ([[${this.prefix}${key}]]), got ${describe(value)}`);
+    }
+    return value.map((item, index) => new TableReader(this.file, `${this.prefix}${key}[${index}].`, item, knownKeys));
+  }
+}
+
+const TLS_KEYS = ['certificate', 'key', 'ca_certificate'] as const;
+const TOP_KEYS = ['engine', 'log_file', 'db_file', 'database_file', 'snapstore_destinations', 'auto_init_physical_disks',
+  'snap_store_file_size', 'snapstore_mapping', 'api', 'nbd', 'simulated'] as const;
+
+function isTable(value: unknown): value is TomlTable {
+  return value !== null && typeof value === 'object' && !Array.isArray(value) && !(value instanceof Date);
+}
+
+function readPem(reader: TableReader, key: string, file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw reader.error(key, `cannot read ${file}: ${(err as Error).message}`);
+  }
+}
+
+function pemCertificates(pem: string): crypto.X509Certificate[] {
+  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  return blocks.map((block) => new crypto.X509Certificate(block));
+}
+
+/** Reads certificate, key and ca_certificate, each defaulting to `fallback`'s, and checks they belong together. */
+function readTls(reader: TableReader, fallback: TlsMaterial | null): TlsMaterial {
+  const files = {
+    certificateFile: reader.absolutePath('certificate') ?? fallback?.certificateFile,
+    keyFile: reader.absolutePath('key') ?? fallback?.keyFile,
+    caCertificateFile: reader.absolutePath('ca_certificate') ?? fallback?.caCertificateFile,
+  };
+  const { certificateFile, keyFile, caCertificateFile } = files;
+  if (certificateFile === undefined) throw reader.error('certificate', 'is required');
+  if (keyFile === undefined) throw reader.error('key', 'is required');
+  if (caCertificateFile === undefined) throw reader.error('ca_certificate', 'is required');
+
+  const certificate = readPem(reader, 'certificate', certificateFile);
+  const key = readPem(reader, 'key', keyFile);
+  const caCertificate = readPem(reader, 'ca_certificate', caCertificateFile);
+
+  let leaf: crypto.X509Certificate;
+  try {
+    const chain = pemCertificates(certificate);
+    if (chain.length === 0) throw new Error('no PEM certificate found');
+    leaf = chain[0]!;
+  } catch (err) {
+    throw reader.error('certificate', `${certificateFile} is not a valid PEM certificate: ${(err as Error).message}`);
+  }
+  let privateKey: crypto.KeyObject;
+  try {
+    privateKey = crypto.createPrivateKey(key);
+  } catch (err) {
+    throw reader.error('key', `${keyFile} is not a valid PEM private key: ${(err as Error).message}`);
+  }
+  if (!leaf.checkPrivateKey(privateKey)) {
+    throw reader.error('key', `${keyFile} does not belong to the certificate ${certificateFile}`);
+  }
+  try {
+    if (pemCertificates(caCertificate).length === 0) throw new Error('no PEM certificate found');
+  } catch (err) {
+    throw reader.error('ca_certificate', `${caCertificateFile} is not a valid PEM certificate bundle: ${(err as Error).message}`);
+  }
+  return { certificateFile, keyFile, caCertificateFile, certificate, key, caCertificate };
+}
+
+function readBind(reader: TableReader, key: string, fallback?: string): string {
+  const value = reader.string(key) ?? fallback;
+  if (value === undefined || value === '') throw reader.error(key, 'is required (an IP address to listen on)');
+  if (net.isIP(value) === 0) throw reader.error(key, `must be an IPv4 or IPv6 address, got ${JSON.stringify(value)}`);
+  return value;
+}
+
+function isLoopback(address: string): boolean {
+  return address === '::1' || /^127\./.test(address) || address === '::ffff:127.0.0.1';
+}
+
+/** Parses and validates TOML text; `file` is used in messages and to resolve nothing else. */
+export function parseConfig(text: string, file: string): Config {
+  let raw: TomlTable;
+  try {
+    raw = toml.parse(text, { bigint: true });
+  } catch (err) {
+    const where = (err as { location?: { start?: { line: number; column: number } } }).location?.start;
+    const at = where ? ` at line ${where.line}, column ${where.column}` : '';
+    throw new ConfigError(file, null, `invalid TOML${at}: ${(err as Error).message}`);
+  }
+  const top = new TableReader(file, '', raw, TOP_KEYS);
+
+  const engine = top.string('engine') ?? 'veeamsnap';
+  if (engine !== 'veeamsnap' && engine !== 'simulated') {
+    throw top.error('engine', `must be "veeamsnap" or "simulated", got ${JSON.stringify(engine)}`);
+  }
+  const logFile = top.absolutePath('log_file') ?? null;
+
+  // db_file is the original agent's name for the same setting.
+  if (top.has('db_file') && top.has('database_file')) {
+    throw top.error('db_file', 'is the old name of database_file: give only one of them');
+  }
+  const databaseFile = top.absolutePath('database_file') ?? top.absolutePath('db_file') ?? DEFAULT_DATABASE_FILE;
+
+  const snapstoreDestinations = top.pathArray('snapstore_destinations') ?? [];
+  if (snapstoreDestinations.length === 0) {
+    throw top.error('snapstore_destinations', 'must list at least one directory for snapstore files');
+  }
+  for (const [index, destination] of snapstoreDestinations.entries()) {
+    let stat: fs.Stats;
+    try {
+      stat = fs.statSync(destination);
+    } catch (err) {
+      throw top.error(`snapstore_destinations[${index}]`, `cannot use ${destination}: ${(err as Error).message}`);
+    }
+    if (!stat.isDirectory()) throw top.error(`snapstore_destinations[${index}]`, `${destination} is not a directory`);
+  }
+  const autoInitPhysicalDisks = top.boolean('auto_init_physical_disks', false);
+  const snapStoreFileSize = top.positiveInteger('snap_store_file_size', DEFAULT_SNAP_STORE_FILE_SIZE);
+
+  const snapstoreMappings: SnapstoreMapping[] = [];
+  for (const mapping of top.sectionArray('snapstore_mapping', ['device', 'location'])) {
+    const device = mapping.requiredString('device');
+    if (device.includes('/')) throw mapping.error('device', `must be a disk's kernel name such as "vda", got ${JSON.stringify(device)}`);
+    const location = mapping.checkAbsolute('location', mapping.requiredString('location'));
+    if (!snapstoreDestinations.includes(location)) {
+      throw mapping.error('location', `${location} is not one of snapstore_destinations`);
+    }
+    if (snapstoreMappings.some((m) => m.device === device)) {
+      throw mapping.error('device', `${device} is mapped more than once`);
+    }
+    snapstoreMappings.push({ device, location });
+  }
+
+  const apiSection = top.section('api', ['bind', 'port', 'tls']);
+  const apiBind = readBind(apiSection, 'bind');
+  const apiPort = apiSection.positiveInteger('port', undefined, 65535);
+  const apiTls = readTls(apiSection.section('tls', TLS_KEYS), null);
+
+  const nbdSection = top.section('nbd', ['bind', 'port', 'tls', 'unix_socket', 'max_connections', ...TLS_KEYS]);
+  const nbdBind = readBind(nbdSection, 'bind', apiBind);
+  const nbdPort = nbdSection.positiveInteger('port', DEFAULT_NBD_PORT, 65535);
+  const nbdTls = nbdSection.string('tls') ?? 'require';
+  if (nbdTls !== 'require' && nbdTls !== 'off') {
+    throw nbdSection.error('tls', `must be "require" or "off", got ${JSON.stringify(nbdTls)}`);
+  }
+  if (nbdTls === 'off' && !isLoopback(nbdBind)) {
+    throw nbdSection.error('tls', `"off" is allowed only when nbd.bind is a loopback address, not ${nbdBind}: disk data would cross the network unauthenticated`);
+  }
+  const unixSocket = nbdSection.absolutePath('unix_socket') ?? null;
+  const maxConnections = nbdSection.positiveInteger('max_connections', DEFAULT_NBD_MAX_CONNECTIONS, 65535);
+  const nbdCertificates = readTls(nbdSection, apiTls);
+
+  const simulatedSection = top.section('simulated', ['disks', 'image_dir']);
+  const simulatedDisks = simulatedSection.pathArray('disks') ?? [];
+  const imageDir = simulatedSection.absolutePath('image_dir') ?? null;
+  if (engine === 'simulated' && simulatedDisks.length === 0) {
+    throw new ConfigError(file, 'simulated.disks', 'must list the files or loop devices that act as disks when engine = "simulated"');
+  }
+  if (engine !== 'simulated' && simulatedDisks.length > 0) {
+    throw new ConfigError(file, 'simulated.disks', 'is only used when engine = "simulated"');
+  }
+  for (const [index, disk] of simulatedDisks.entries()) {
+    try {
+      fs.accessSync(disk, fs.constants.R_OK | fs.constants.W_OK);
+    } catch (err) {
+      throw new ConfigError(file, `simulated.disks[${index}]`, `cannot use ${disk}: ${(err as Error).message}`);
+    }
+  }
+
+  return {
+    file,
+    engine,
+    logFile,
+    databaseFile,
+    snapstoreDestinations,
+    autoInitPhysicalDisks,
+    snapstoreMappings,
+    snapStoreFileSize,
+    api: { bind: apiBind, port: apiPort, tls: apiTls },
+    nbd: { bind: nbdBind, port: nbdPort, tls: nbdTls, certificates: nbdCertificates, unixSocket, maxConnections },
+    simulated: { disks: simulatedDisks, imageDir },
+  };
+}
+
+export function loadConfig(file: string): Config {
+  const absolute = path.resolve(file);
+  let text: string;
+  try {
+    text = fs.readFileSync(absolute, 'utf8');
+  } catch (err) {
+    throw new ConfigError(absolute, null, `cannot read the file: ${(err as Error).message}`);
+  }
+  return parseConfig(text, absolute);
+}

@@ -1,0 +1,232 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import {
+  ConfigError, DEFAULT_DATABASE_FILE, DEFAULT_NBD_PORT, DEFAULT_SNAP_STORE_FILE_SIZE, loadConfig, parseConfig,
+} from '../src/config';
+import { makeTestCerts, type TestCerts } from './helpers/certs';
+
+let dir: string;
+let certs: TestCerts;
+let destination: string;
+let otherCerts: TestCerts;
+
+after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+before(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'csa-config-'));
+  certs = makeTestCerts(subdir('certs'));
+  otherCerts = makeTestCerts(subdir('other'));
+  destination = path.join(dir, 'snapstores');
+  fs.mkdirSync(destination);
+});
+
+function subdir(name: string): string {
+  const made = path.join(dir, name);
+  fs.mkdirSync(made);
+  return made;
+}
+
+/** A complete, valid config; each test breaks one thing. */
+function validToml(extra = ''): string {
+  return `
+log_file = "${dir}/log/agent.log"
+snapstore_destinations = ["${destination}"]
+auto_init_physical_disks = true
+snap_store_file_size = 1073741824
+${extra}
+[api]
+bind = "127.0.0.1"
+port = 9999
+
+[api.tls]
+certificate = "${certs.serverCert}"
+key = "${certs.serverKey}"
+ca_certificate = "${certs.caCert}"
+`;
+}
+
+const FILE = '/etc/test/config.toml';
+
+function rejects(text: string, key: string | null, problem: RegExp): void {
+  assert.throws(() => parseConfig(text, FILE), (err: unknown) => {
+    assert.ok(err instanceof ConfigError, `expected ConfigError, got ${String(err)}`);
+    assert.equal(err.key, key);
+    assert.match(err.message, new RegExp(`^config ${FILE}: ${key === null ? '' : key.replace(/[[\].]/g, '\\$&') + ': '}`));
+    assert.match(err.message, problem);
+    return true;
+  });
+}
+
+describe('config: a valid file', () => {
+  test('loads every key with its type', () => {
+    const config = parseConfig(validToml(`
+database_file = "${dir}/agent.db"
+[[snapstore_mapping]]
+device = "vda"
+location = "${destination}"
+`), FILE);
+    assert.equal(config.engine, 'veeamsnap');
+    assert.equal(config.logFile, `${dir}/log/agent.log`);
+    assert.equal(config.databaseFile, `${dir}/agent.db`);
+    assert.deepEqual(config.snapstoreDestinations, [destination]);
+    assert.equal(config.autoInitPhysicalDisks, true);
+    assert.equal(config.snapStoreFileSize, 1073741824);
+    assert.deepEqual(config.snapstoreMappings, [{ device: 'vda', location: destination }]);
+    assert.equal(config.api.bind, '127.0.0.1');
+    assert.equal(config.api.port, 9999);
+    assert.equal(config.api.tls.certificate, fs.readFileSync(certs.serverCert, 'utf8'));
+    assert.equal(config.api.tls.caCertificateFile, certs.caCert);
+  });
+
+  test('fills defaults: database, snapstore size, NBD on the API address with the API certificates', () => {
+    const config = parseConfig(validToml().replace('snap_store_file_size = 1073741824', ''), FILE);
+    assert.equal(config.databaseFile, DEFAULT_DATABASE_FILE);
+    assert.equal(config.snapStoreFileSize, DEFAULT_SNAP_STORE_FILE_SIZE);
+    assert.equal(config.nbd.bind, '127.0.0.1');
+    assert.equal(config.nbd.port, DEFAULT_NBD_PORT);
+    assert.equal(config.nbd.tls, 'require');
+    assert.equal(config.nbd.unixSocket, null);
+    assert.deepEqual(config.nbd.certificates, config.api.tls);
+    assert.deepEqual(config.snapstoreMappings, []);
+  });
+
+  test('NBD takes its own certificates when given', () => {
+    const config = parseConfig(validToml() + `
+[nbd]
+bind = "::1"
+port = 10810
+certificate = "${otherCerts.serverCert}"
+key = "${otherCerts.serverKey}"
+ca_certificate = "${otherCerts.caCert}"
+max_connections = 8
+unix_socket = "/run/csa/nbd.sock"
+`, FILE);
+    assert.equal(config.nbd.bind, '::1');
+    assert.equal(config.nbd.port, 10810);
+    assert.equal(config.nbd.maxConnections, 8);
+    assert.equal(config.nbd.unixSocket, '/run/csa/nbd.sock');
+    assert.equal(config.nbd.certificates.caCertificateFile, otherCerts.caCert);
+    assert.equal(config.api.tls.caCertificateFile, certs.caCert);
+  });
+
+  test('accepts the original agent\'s db_file as the name of database_file', () => {
+    const config = parseConfig(validToml(`db_file = "${dir}/old.db"`), FILE);
+    assert.equal(config.databaseFile, `${dir}/old.db`);
+  });
+
+  test('NBD without TLS is accepted on loopback', () => {
+    const config = parseConfig(validToml() + '\n[nbd]\nbind = "127.0.0.1"\ntls = "off"\n', FILE);
+    assert.equal(config.nbd.tls, 'off');
+  });
+
+  test('the simulated engine takes its disks from [simulated]', () => {
+    const disk = path.join(dir, 'disk0.img');
+    fs.writeFileSync(disk, Buffer.alloc(4096));
+    const config = parseConfig(`engine = "simulated"\n${validToml()}\n[simulated]\ndisks = ["${disk}"]\nimage_dir = "${dir}/images"\n`, FILE);
+    assert.equal(config.engine, 'simulated');
+    assert.deepEqual(config.simulated, { disks: [disk], imageDir: `${dir}/images` });
+  });
+
+  test('loadConfig reads the file and names it in errors', () => {
+    const file = path.join(dir, 'good.toml');
+    fs.writeFileSync(file, validToml());
+    assert.equal(loadConfig(file).file, file);
+    fs.writeFileSync(file, validToml('colour = "blue"'));
+    assert.throws(() => loadConfig(file), new RegExp(`^ConfigError: config ${file}: colour: unknown key`));
+    assert.throws(() => loadConfig(path.join(dir, 'missing.toml')), /missing\.toml: cannot read the file: ENOENT/);
+  });
+});
+
+describe('config: every mistake is refused, naming the file and the key', () => {
+  test('malformed TOML says where', () => {
+    rejects('snapstore_destinations = [\n', null, /invalid TOML at line 2/);
+  });
+
+  test('unknown keys at any level', () => {
+    rejects(validToml('colour = "blue"'), 'colour', /unknown key/);
+    rejects(validToml().replace('port = 9999', 'port = 9999\nhost = "x"'), 'api.host', /unknown key/);
+    rejects(validToml() + 'crl = "/x"\n', 'api.tls.crl', /unknown key/);
+    rejects(validToml() + '[nbd]\nexport = "x"\n', 'nbd.export', /unknown key/);
+    rejects(validToml() + '[simulated]\nsize = 1\n', 'simulated.size', /unknown key/);
+    rejects(validToml(`[[snapstore_mapping]]\ndevice = "vda"\nlocation = "${destination}"\nsize = 3\n`), 'snapstore_mapping[0].size', /unknown key/);
+  });
+
+  test('wrong types', () => {
+    rejects(validToml().replace('port = 9999', 'port = "9999"'), 'api.port', /positive integer.*string "9999"/);
+    rejects(validToml().replace('port = 9999', 'port = 9999.0'), 'api.port', /positive integer/);
+    rejects(validToml().replace('auto_init_physical_disks = true', 'auto_init_physical_disks = "yes"'), 'auto_init_physical_disks', /true or false/);
+    rejects(validToml().replace(`snapstore_destinations = ["${destination}"]`, `snapstore_destinations = "${destination}"`), 'snapstore_destinations', /array of paths/);
+    rejects(validToml().replace(`snapstore_destinations = ["${destination}"]`, 'snapstore_destinations = [1]'), 'snapstore_destinations[0]', /must be a string/);
+    rejects(validToml('api = 3').replace(/\[api\][\s\S]*/, ''), 'api', /must be a table/);
+    rejects(validToml('snapstore_mapping = "vda"'), 'snapstore_mapping', /array of tables/);
+    rejects(validToml('engine = "kernel"'), 'engine', /"veeamsnap" or "simulated"/);
+  });
+
+  test('sizes must be positive integers', () => {
+    for (const bad of ['0', '-1', '1.5', '"2G"', '9007199254740993']) {
+      rejects(validToml().replace('snap_store_file_size = 1073741824', `snap_store_file_size = ${bad}`), 'snap_store_file_size', /positive integer/);
+    }
+    rejects(validToml() + '[nbd]\nmax_connections = 0\n', 'nbd.max_connections', /positive integer/);
+  });
+
+  test('listen addresses and ports', () => {
+    rejects(validToml().replace('bind = "127.0.0.1"', 'bind = "localhost"'), 'api.bind', /IPv4 or IPv6 address/);
+    rejects(validToml().replace('bind = "127.0.0.1"', ''), 'api.bind', /is required/);
+    rejects(validToml().replace('port = 9999', ''), 'api.port', /is required/);
+    rejects(validToml().replace('port = 9999', 'port = 0'), 'api.port', /no larger than 65535/);
+    rejects(validToml().replace('port = 9999', 'port = 65536'), 'api.port', /no larger than 65535/);
+    rejects(validToml() + '[nbd]\nbind = "10.0.0.300"\n', 'nbd.bind', /IPv4 or IPv6/);
+  });
+
+  test('relative paths', () => {
+    rejects(validToml().replace(`log_file = "${dir}/log/agent.log"`, 'log_file = "agent.log"'), 'log_file', /absolute path/);
+    rejects(validToml('database_file = "state/agent.db"'), 'database_file', /absolute path/);
+    rejects(validToml().replace(`["${destination}"]`, '["snapstores"]'), 'snapstore_destinations[0]', /absolute path/);
+    rejects(validToml().replace(`certificate = "${certs.serverCert}"`, 'certificate = "server-cert.pem"'), 'api.tls.certificate', /absolute path/);
+  });
+
+  test('snapstore destinations must exist as directories', () => {
+    rejects(validToml().replace(`snapstore_destinations = ["${destination}"]`, 'snapstore_destinations = []'), 'snapstore_destinations', /at least one/);
+    rejects(validToml().replace(`["${destination}"]`, `["${dir}/nowhere"]`), 'snapstore_destinations[0]', /ENOENT/);
+    rejects(validToml().replace(`["${destination}"]`, `["${certs.caCert}"]`), 'snapstore_destinations[0]', /not a directory/);
+  });
+
+  test('mappings point at a configured destination, once per disk', () => {
+    rejects(validToml(`[[snapstore_mapping]]\ndevice = "vda"\nlocation = "/mnt/elsewhere"\n`), 'snapstore_mapping[0].location', /not one of snapstore_destinations/);
+    rejects(validToml(`[[snapstore_mapping]]\nlocation = "${destination}"\n`), 'snapstore_mapping[0].device', /is required/);
+    rejects(validToml(`[[snapstore_mapping]]\ndevice = "/dev/vda"\nlocation = "${destination}"\n`), 'snapstore_mapping[0].device', /kernel name/);
+    const twice = `[[snapstore_mapping]]\ndevice = "vda"\nlocation = "${destination}"\n`;
+    rejects(validToml(twice + twice), 'snapstore_mapping[1].device', /mapped more than once/);
+  });
+
+  test('certificates: missing, unreadable, not PEM, key of another certificate, empty CA', () => {
+    const garbage = path.join(dir, 'garbage.pem');
+    fs.writeFileSync(garbage, 'not a certificate\n');
+    rejects(validToml().replace(certs.serverCert, `${dir}/missing.pem`), 'api.tls.certificate', /cannot read .*missing\.pem.*ENOENT/);
+    rejects(validToml().replace(certs.serverCert, dir), 'api.tls.certificate', /cannot read.*EISDIR/);
+    rejects(validToml().replace(certs.serverCert, garbage), 'api.tls.certificate', /not a valid PEM certificate/);
+    rejects(validToml().replace(certs.serverKey, garbage), 'api.tls.key', /not a valid PEM private key/);
+    rejects(validToml().replace(certs.serverKey, otherCerts.serverKey), 'api.tls.key', /does not belong to the certificate/);
+    rejects(validToml().replace(certs.caCert, garbage), 'api.tls.ca_certificate', /not a valid PEM certificate bundle/);
+    rejects(validToml().replace(/\[api\.tls\][\s\S]*/, ''), 'api.tls.certificate', /is required/);
+    rejects(validToml() + `[nbd]\nkey = "${otherCerts.serverKey}"\n`, 'nbd.key', /does not belong/);
+  });
+
+  test('NBD without TLS is refused off loopback', () => {
+    rejects(validToml().replace('bind = "127.0.0.1"', 'bind = "0.0.0.0"') + '[nbd]\ntls = "off"\n', 'nbd.tls', /loopback/);
+    rejects(validToml() + '[nbd]\ntls = "maybe"\n', 'nbd.tls', /"require" or "off"/);
+  });
+
+  test('db_file and database_file together are ambiguous', () => {
+    rejects(validToml(`db_file = "${dir}/a.db"\ndatabase_file = "${dir}/b.db"`), 'db_file', /give only one/);
+  });
+
+  test('the simulated engine needs usable disks, and only it may have them', () => {
+    rejects(`engine = "simulated"\n${validToml()}`, 'simulated.disks', /must list/);
+    rejects(`engine = "simulated"\n${validToml()}\n[simulated]\ndisks = ["${dir}/no-disk.img"]\n`, 'simulated.disks[0]', /ENOENT/);
+    rejects(`${validToml()}\n[simulated]\ndisks = ["${certs.caCert}"]\n`, 'simulated.disks', /only used when engine = "simulated"/);
+  });
+});

@@ -1,0 +1,63 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { test } from 'node:test';
+import { createLogger } from '../src/log';
+
+function fakeStderr(isTTY: boolean): PassThrough & { isTTY: boolean; text(): string } {
+  const stream = new PassThrough() as PassThrough & { isTTY: boolean; text(): string };
+  const chunks: Buffer[] = [];
+  stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+  stream.isTTY = isTTY;
+  stream.text = () => Buffer.concat(chunks).toString('utf8');
+  return stream;
+}
+
+function waitForFile(file: string): Promise<string> {
+  return new Promise((resolve) => {
+    const poll = (): void => {
+      const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+      if (text.endsWith('\n')) resolve(text);
+      else setTimeout(poll, 10);
+    };
+    poll();
+  });
+}
+
+test('records go to the log file as bunyan JSON, creating its directory', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'csa-log-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'nested', 'agent.log');
+  const stderr = fakeStderr(false);
+  createLogger({ logFile: file, stderr }).info({ disk: 'vda' }, 'tracking started');
+  const record = JSON.parse(await waitForFile(file));
+  assert.equal(record.name, 'coriolis-snapshot-agent');
+  assert.equal(record.msg, 'tracking started');
+  assert.equal(record.disk, 'vda');
+  assert.equal(record.level, 30);
+  assert.equal(stderr.text(), '', 'stderr is not a terminal: nothing goes there');
+});
+
+test('a terminal on stderr gets the records too', async (t) => {
+  const stderr = fakeStderr(true);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'csa-log-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'a.log');
+  createLogger({ logFile: file, stderr }).warn('snapstore filling');
+  assert.equal(JSON.parse(stderr.text()).msg, 'snapstore filling');
+  assert.equal(JSON.parse(await waitForFile(file)).msg, 'snapstore filling');
+});
+
+test('without a log file, records go to stderr whatever it is', () => {
+  const stderr = fakeStderr(false);
+  createLogger({ logFile: null, stderr }).error('engine failed');
+  assert.equal(JSON.parse(stderr.text()).msg, 'engine failed');
+});
+
+test('records below the level are dropped', () => {
+  const stderr = fakeStderr(false);
+  createLogger({ logFile: null, stderr, level: 'warn' }).info('noise');
+  assert.equal(stderr.text(), '');
+});
