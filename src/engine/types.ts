@@ -1,0 +1,116 @@
+// The snapshot engine: the only door between the agent and the kernel. Everything above this
+// interface speaks in these domain terms and never knows which implementation is underneath:
+// veeamsnap.ts drives the kernel module, simulated.ts models it for machines without one.
+import type { EventEmitter } from 'node:events';
+
+/** A block device number. Images and originals are always named this way, as the kernel does. */
+export interface DeviceId {
+  major: number;
+  minor: number;
+}
+
+/** A byte range [offset, offset + length) on a block device. */
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
+export interface TrackerInfo {
+  device: DeviceId;
+  /** Capacity of the tracked device in bytes. */
+  sizeBytes: number;
+  /** Bytes covered by one byte of the CBT map; the last block may be partial. */
+  cbtBlockSize: number;
+  /** Bytes in the CBT map: ceil(sizeBytes / cbtBlockSize). */
+  cbtMapSize: number;
+  /** Changes whenever stamps of different eras could be confused (re-track, resize, wrap). */
+  generationId: string;
+  /** Number of the last snapshot taken of this device in this generation, 0 before the first. */
+  snapshotNumber: number;
+}
+
+export type SnapstoreEvent =
+  /** Free space fell below the threshold: add more. Fires once per refill. */
+  | { type: 'halffill'; filledBytes: number }
+  /** The snapstore ran out of space: every snapshot it serves is now corrupt. */
+  | { type: 'overflow'; filledBytes: number; errno: number }
+  /** The snapstore is gone from the kernel: its files may be deleted. */
+  | { type: 'terminate'; filledBytes: number };
+
+export interface SnapstoreOptions {
+  /** 16 random bytes as 32 hex digits; the caller persists it before calling. */
+  id: string;
+  /** Original devices whose copy-on-write data this snapstore receives. */
+  devices: DeviceId[];
+  /** The block device that will hold the space (the filesystem device of the snapstore files), or null for memory. */
+  storage: DeviceId | null;
+  /** Free-space threshold in bytes below which `halffill` fires. */
+  thresholdBytes: number;
+}
+
+/** A snapstore created by this engine object, with its event stream. */
+export interface Snapstore extends EventEmitter {
+  readonly id: string;
+  /** Adds space as byte ranges of the storage device (file extents beneath the filesystem). */
+  addDeviceRanges(ranges: ByteRange[]): Promise<void>;
+  /** Adds pinned memory as space; only for snapstores that have no device space. */
+  addMemory(bytes: number): Promise<void>;
+  /** Asks the kernel to drop the snapstore; resolves once `terminate` has been seen. */
+  cleanup(): Promise<{ filledBytes: number }>;
+  on(event: 'event', listener: (event: SnapstoreEvent) => void): this;
+}
+
+export interface SnapshotImage {
+  original: DeviceId;
+  image: DeviceId;
+  /** Path of the image, opened read-only with O_DIRECT by readers. */
+  path: string;
+}
+
+/**
+ * A live snapshot. `handle` is an opaque token to persist (it lets a later engine object destroy
+ * the snapshot after an agent restart); it never reaches API clients.
+ */
+export interface SnapshotInfo {
+  handle: string;
+  devices: DeviceId[];
+  images: SnapshotImage[];
+}
+
+export type SnapshotHealth = { ok: true } | { ok: false; errno: number; code: string; reason: string };
+
+/** Reads of a snapshot image. Fails with EIO once the snapshot is corrupt, as the kernel does. */
+export interface ImageReader {
+  readonly path: string;
+  readonly size: number;
+  readonly logicalBlockSize: number;
+  read(offset: number, length: number): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+export interface SnapshotEngine {
+  readonly kind: 'veeamsnap' | 'simulated';
+  /** Prepares the engine (kernel entries, control device); idempotent. */
+  start(): Promise<void>;
+  /** Releases file descriptors and threads; kernel state is left as it is. */
+  close(): Promise<void>;
+
+  /** Puts a device under change tracking; tracking an already tracked device succeeds. */
+  startTracking(device: DeviceId): Promise<void>;
+  stopTracking(device: DeviceId): Promise<void>;
+  listTrackers(): Promise<TrackerInfo[]>;
+  /** The CBT map as of the live snapshot of `device`; fails with EPERM when there is none. */
+  readCbtMap(device: DeviceId): Promise<Buffer>;
+
+  createSnapstore(options: SnapstoreOptions): Promise<Snapstore>;
+  /** Drops a snapstore by id without its event stream (after an agent restart). */
+  cleanupSnapstore(id: string): Promise<void>;
+
+  /** Captures all devices at once; every device must have a snapstore. */
+  createSnapshot(devices: DeviceId[]): Promise<SnapshotInfo>;
+  destroySnapshot(handle: string): Promise<void>;
+  listImages(): Promise<SnapshotImage[]>;
+  /** Health of the snapshot data of one original device. */
+  snapshotHealth(device: DeviceId): Promise<SnapshotHealth>;
+  openImage(image: SnapshotImage): Promise<ImageReader>;
+}
