@@ -1,0 +1,93 @@
+// Turns a CBT map into the byte ranges a client must copy to bring its backup from an earlier
+// snapshot (previousGenerationId, previousNumber) up to this one.
+//
+// Each map byte is the number of the snapshot that first saw its block changed within the
+// generation (0: unchanged since tracking began). A block changed after snapshot p exactly when
+// p < stamp <= current. Anything that cannot be answered that way, such as an unknown or
+// different generation (re-tracking, resize, the 255 wrap) or a baseline of 0, gets a full copy.
+
+export interface ChangedRange {
+  offset: number;
+  length: number;
+}
+
+export interface ChangesQuery {
+  /** The CBT map captured with the snapshot. */
+  map: Uint8Array;
+  /** Bytes per map entry; the last entry may cover less than a block. */
+  blockSize: number;
+  deviceSize: number;
+  generationId: string;
+  snapshotNumber: number;
+  previousGenerationId?: string | undefined;
+  previousNumber?: number | undefined;
+}
+
+export interface Changes {
+  backupType: 'full' | 'incremental';
+  ranges: ChangedRange[];
+}
+
+const SKIP = 4096;
+const runs = new Map<number, Uint8Array>();
+/** SKIP bytes of one stamp, to compare whole stretches of a run at once. */
+function runOf(stamp: number): Uint8Array {
+  let run = runs.get(stamp);
+  if (run === undefined) {
+    run = new Uint8Array(SKIP).fill(stamp);
+    runs.set(stamp, run);
+  }
+  return run;
+}
+
+export function computeChanges(query: ChangesQuery): Changes {
+  const { map, blockSize, deviceSize, snapshotNumber: current } = query;
+  const previous = query.previousNumber ?? 0;
+  const incremental = previous > 0 && previous <= current && query.previousGenerationId === query.generationId;
+  if (!incremental) {
+    return { backupType: 'full', ranges: deviceSize > 0 ? [{ offset: 0, length: deviceSize }] : [] };
+  }
+
+  // One lookup per block instead of two comparisons; and when the changed blocks all carry
+  // one stamp (the usual "since the previous snapshot"), unchanged stretches are skipped with a
+  // native byte search. Both keep an 8 Mi-block map well under 50 ms.
+  const isChange = new Uint8Array(256);
+  isChange.fill(1, previous + 1, current + 1);
+  const singleStamp = previous + 1 === current;
+  const ranges: ChangedRange[] = [];
+  const blocks = Math.min(map.length, Math.ceil(deviceSize / blockSize));
+  let runStart = -1;
+  // Blocks in a row that were all changed or all unchanged. Native searches pay off only across
+  // long stretches, so they wait for a streak.
+  let streak = 0;
+  for (let i = 0; i < blocks; i++) {
+    if (singleStamp && streak >= 64) {
+      streak = 0;
+      if (runStart < 0) {
+        const next = Buffer.prototype.indexOf.call(map, current, i) as number;
+        if (next < 0 || next >= blocks) break;
+        i = next;
+      } else {
+        while (i + SKIP <= blocks && Buffer.compare(map.subarray(i, i + SKIP), runOf(current)) === 0) i += SKIP;
+        if (i >= blocks) break;
+      }
+    }
+    const changed = isChange[map[i]!] === 1;
+    if (changed === runStart >= 0) {
+      streak++;
+    } else if (changed) {
+      runStart = i;
+      streak = 0;
+    } else {
+      ranges.push({ offset: runStart * blockSize, length: (i - runStart) * blockSize });
+      runStart = -1;
+      streak = 0;
+    }
+  }
+  if (runStart >= 0) {
+    // The last run may end in the partial last block: clamp it to the device.
+    const offset = runStart * blockSize;
+    ranges.push({ offset, length: Math.min(blocks * blockSize, deviceSize) - offset });
+  }
+  return { backupType: 'incremental', ranges };
+}
