@@ -58,8 +58,9 @@ function pattern(length: number, seed: string): Buffer {
   return out;
 }
 
-export function engineConformance(name: string, makeTarget: () => Promise<ConformanceTarget>): void {
-  describe(`engine conformance: ${name}`, () => {
+export function engineConformance(name: string, makeTarget: () => Promise<ConformanceTarget>,
+  options: { skip?: string | false } = {}): void {
+  describe(`engine conformance: ${name}`, { skip: options.skip ?? false }, () => {
     let target: ConformanceTarget;
     let engine: SnapshotEngine;
     let disk: TestDisk;

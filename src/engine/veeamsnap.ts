@@ -1,0 +1,377 @@
+// The engine on the real veeamsnap kernel module, through the native binding.
+//
+// Policy the binding leaves to us lives here: kernel entries resolved at start, EALREADY on
+// tracking add taken as success, ioctls serialised (the module does not serialise them), image
+// nodes waited for after a snapshot, and the module's snapshot id kept inside the engine: it is
+// a kernel heap address, so callers get a random handle and only the engine's own state file
+// maps it back (which is what lets a restarted agent destroy a snapshot it made).
+import crypto from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { isSystemError } from '../native/binding';
+import { DirectReader } from '../native/reader';
+import { SnapstorePipe } from '../native/snapstore-pipe';
+import { DEFAULT_CONTROL_DEVICE, VeeamsnapControl, kernelEntriesFromKallsyms, type TrackerInfo as KernelTracker } from '../native/veeamsnap';
+import { EngineError } from './errors';
+import type {
+  ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,
+  SnapstoreEvent, SnapstoreOptions, TrackerInfo,
+} from './types';
+
+const CBT_READ_CHUNK = 4 * 1024 * 1024;
+const ACK_TIMEOUT_MS = 10_000;
+
+export interface VeeamsnapEngineOptions {
+  /** Where the engine keeps the handle -> kernel snapshot id map (agent state, not public). */
+  stateDir: string;
+  controlDevice?: string;
+  /** Directory holding the veeamimageN nodes. */
+  devDir?: string;
+  /** How long to wait for an image node after a snapshot is created. */
+  imageNodeTimeoutMs?: number;
+  kallsymsPath?: string;
+  /** Defaults to /proc/sys/kernel/random/boot_id; kernel ids from another boot are meaningless. */
+  bootId?: string;
+}
+
+interface HandleFile {
+  bootId: string;
+  /** handle -> kernel snapshot id (hex) and its devices. */
+  snapshots: Record<string, { kernelId: string; devices: DeviceId[] }>;
+}
+
+const same = (a: DeviceId, b: DeviceId): boolean => a.major === b.major && a.minor === b.minor;
+const show = (device: DeviceId): string => `${device.major}:${device.minor}`;
+
+/** The 16 generation bytes in the canonical UUID text form. */
+export function generationUuid(bytes: Buffer): string {
+  const hex = bytes.toString('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/** The smallest power of two B >= 512 with ceil(capacity / B) = mapSize (spec §3.2). */
+export function deriveCbtBlockSize(capacityBytes: number, mapSize: number, fallback: number): number {
+  if (mapSize === 0) return fallback;
+  for (let blockSize = 512; blockSize <= 2 ** 40; blockSize *= 2) {
+    if (Math.ceil(capacityBytes / blockSize) === mapSize) return blockSize;
+  }
+  return fallback;
+}
+
+class VeeamsnapSnapstore extends EventEmitter implements Snapstore {
+  private terminated: Promise<{ filledBytes: number }>;
+
+  constructor(readonly id: string, private readonly pipe: SnapstorePipe, private readonly control: VeeamsnapControl,
+    private readonly storage: DeviceId | null) {
+    super();
+    pipe.on('halffill', ({ filledBytes }) => this.emitEvent({ type: 'halffill', filledBytes: Number(filledBytes) }));
+    pipe.on('overflow', ({ errno, filledBytes }) => this.emitEvent({ type: 'overflow', errno, filledBytes: Number(filledBytes) }));
+    this.terminated = new Promise((resolve) => {
+      pipe.once('terminate', ({ filledBytes }) => {
+        const event = { type: 'terminate', filledBytes: Number(filledBytes) } as const;
+        this.emitEvent(event);
+        void pipe.close();
+        resolve(event);
+      });
+    });
+    // A failing pipe must not crash the agent; its snapstore simply reports nothing more.
+    pipe.on('error', (err) => this.emit('error', err));
+  }
+
+  private emitEvent(event: SnapstoreEvent): void {
+    this.emit('event', event);
+  }
+
+  async addDeviceRanges(ranges: ByteRange[]): Promise<void> {
+    if (this.storage === null) throw new EngineError('EFAULT', 'NEXT_PORTION', 'a memory snapstore takes no device ranges');
+    await this.pipe.nextPortion(ranges);
+  }
+
+  async addMemory(bytes: number): Promise<void> {
+    await this.control.snapstoreMemory(Buffer.from(this.id, 'hex'), bytes);
+  }
+
+  async cleanup(): Promise<{ filledBytes: number }> {
+    const filled = await this.control.snapstoreCleanup(Buffer.from(this.id, 'hex'));
+    if (filled === null) {
+      // The kernel no longer knows it: nothing will ever terminate it.
+      await this.pipe.close();
+      return { filledBytes: 0 };
+    }
+    return this.terminated;
+  }
+
+  close(): Promise<void> {
+    return this.pipe.close();
+  }
+}
+
+export class VeeamsnapEngine implements SnapshotEngine {
+  readonly kind = 'veeamsnap';
+  private control: VeeamsnapControl | null = null;
+  private readonly snapstores = new Set<VeeamsnapSnapstore>();
+  private queue: Promise<unknown> = Promise.resolve();
+  private handles: HandleFile | null = null;
+  private moduleBlockSize = 256 * 1024;
+
+  constructor(private readonly options: VeeamsnapEngineOptions) {}
+
+  private get controlDevice(): string {
+    return this.options.controlDevice ?? DEFAULT_CONTROL_DEVICE;
+  }
+
+  async start(): Promise<void> {
+    if (this.control !== null) return;
+    let control: VeeamsnapControl;
+    try {
+      control = await VeeamsnapControl.open(this.controlDevice);
+    } catch (err) {
+      if (isSystemError(err, 'ENOENT')) {
+        throw new EngineError('ENOENT', 'start', `${this.controlDevice} does not exist: is the veeamsnap module loaded (modprobe veeamsnap)?`);
+      }
+      throw err;
+    }
+    try {
+      const unresolved = await control.unresolvedKernelEntries();
+      if (unresolved.length > 0) {
+        const kallsyms = await fsp.readFile(this.options.kallsymsPath ?? '/proc/kallsyms', 'utf8');
+        let entries;
+        try {
+          entries = kernelEntriesFromKallsyms(kallsyms, unresolved);
+        } catch (err) {
+          throw new EngineError('ENOENT', 'start', `cannot resolve the kernel entries veeamsnap needs (${unresolved.join(', ')}): ${(err as Error).message}`);
+        }
+        await control.setKernelEntries(entries);
+      }
+      this.moduleBlockSize = await control.trackingBlockSize();
+      await fsp.mkdir(this.options.stateDir, { recursive: true });
+      this.handles = await this.loadHandles();
+    } catch (err) {
+      control.close();
+      throw err;
+    }
+    this.control = control;
+  }
+
+  async close(): Promise<void> {
+    await this.queue.catch(() => undefined);
+    // Closing the pipes does not touch the snapstores; their later events are simply lost.
+    await Promise.all([...this.snapstores].map((s) => s.close()));
+    this.snapstores.clear();
+    this.control?.close();
+    this.control = null;
+  }
+
+  // ---- tracking -------------------------------------------------------------------------------
+
+  startTracking(device: DeviceId): Promise<void> {
+    return this.serialised(async () => {
+      try {
+        await this.live().trackingAdd(device);
+      } catch (err) {
+        if (!isSystemError(err, 'EALREADY')) throw err;
+      }
+    });
+  }
+
+  stopTracking(device: DeviceId): Promise<void> {
+    return this.serialised(() => this.live().trackingRemove(device));
+  }
+
+  async listTrackers(): Promise<TrackerInfo[]> {
+    const trackers = await this.live().trackingCollect();
+    return trackers.map((t) => this.toTracker(t));
+  }
+
+  private toTracker(t: KernelTracker): TrackerInfo {
+    const sizeBytes = Number(t.capacityBytes);
+    return {
+      device: { ...t.device },
+      sizeBytes,
+      cbtBlockSize: deriveCbtBlockSize(sizeBytes, t.cbtMapSize, this.moduleBlockSize),
+      cbtMapSize: t.cbtMapSize,
+      generationId: generationUuid(t.generationId),
+      snapshotNumber: t.snapNumber,
+    };
+  }
+
+  async readCbtMap(device: DeviceId): Promise<Buffer> {
+    const control = this.live();
+    const tracker = (await control.trackingCollect()).find((t) => same(t.device, device));
+    if (tracker === undefined) throw new EngineError('ENODATA', 'IOCTL_TRACKING_READ_CBT_BITMAP', `${show(device)} is not tracked`);
+    const map = Buffer.alloc(tracker.cbtMapSize);
+    for (let offset = 0; offset < map.length; offset += CBT_READ_CHUNK) {
+      const length = Math.min(CBT_READ_CHUNK, map.length - offset);
+      const chunk = await control.readCbtMap(device, offset, length);
+      if (chunk.length !== length) {
+        throw new EngineError('EIO', 'IOCTL_TRACKING_READ_CBT_BITMAP', `short CBT read: ${chunk.length} of ${length} bytes at ${offset}`);
+      }
+      chunk.copy(map, offset);
+    }
+    return map;
+  }
+
+  // ---- snapstores -----------------------------------------------------------------------------
+
+  createSnapstore(options: SnapstoreOptions): Promise<Snapstore> {
+    return this.serialised(async () => {
+      if (!/^[0-9a-f]{32}$/.test(options.id)) throw new EngineError('EINVAL', 'INITIATE', 'the id must be 32 hex digits');
+      const pipe = await SnapstorePipe.open(this.controlDevice);
+      try {
+        const ack = new Promise<number>((resolve, reject) => {
+          const timer = setTimeout(() => reject(new EngineError('ETIMEDOUT', 'INITIATE', 'no acknowledgement from the module')), ACK_TIMEOUT_MS);
+          pipe.once('ack', ({ errno }) => {
+            clearTimeout(timer);
+            resolve(errno);
+          });
+        });
+        ack.catch(() => undefined);
+        await pipe.initiate(Buffer.from(options.id, 'hex'), options.storage ?? 'memory', options.devices, options.thresholdBytes);
+        const errno = await ack;
+        if (errno !== 0) throw new EngineError('EIO', 'INITIATE', `the module refused the snapstore (errno ${errno})`);
+      } catch (err) {
+        await pipe.close();
+        throw err;
+      }
+      const snapstore = new VeeamsnapSnapstore(options.id, pipe, this.live(), options.storage);
+      this.snapstores.add(snapstore);
+      snapstore.on('event', (event: SnapstoreEvent) => {
+        if (event.type === 'terminate') this.snapstores.delete(snapstore);
+      });
+      return snapstore;
+    });
+  }
+
+  cleanupSnapstore(id: string): Promise<void> {
+    return this.serialised(async () => {
+      await this.live().snapstoreCleanup(Buffer.from(id, 'hex'));
+    });
+  }
+
+  // ---- snapshots ------------------------------------------------------------------------------
+
+  createSnapshot(devices: DeviceId[]): Promise<SnapshotInfo> {
+    return this.serialised(async () => {
+      const control = this.live();
+      // The module would break the other snapshot on EALREADY (spec §8.6): refuse it here.
+      const before = await control.collectSnapshotImages();
+      const busy = devices.find((d) => before.some((image) => same(image.original, d)));
+      if (busy !== undefined) throw new EngineError('EALREADY', 'IOCTL_SNAPSHOT_CREATE', `${show(busy)} is already in a snapshot`);
+
+      const kernelId = await control.snapshotCreate(devices);
+      try {
+        const after = await control.collectSnapshotImages();
+        const images: SnapshotImage[] = devices.map((device) => {
+          const found = after.filter((i) => same(i.original, device) && !before.some((b) => same(b.image, i.image)));
+          if (found.length !== 1) {
+            throw new EngineError('EIO', 'IOCTL_COLLECT_SNAPSHOT_IMAGES', `expected one new image of ${show(device)}, found ${found.length}`);
+          }
+          return { original: { ...device }, image: { ...found[0]!.image }, path: this.imagePath(found[0]!.image) };
+        });
+        await Promise.all(images.map((image) => this.waitForNode(image)));
+        const handle = crypto.randomBytes(8).toString('hex');
+        await this.saveHandle(handle, { kernelId: kernelId.toString(16), devices });
+        return { handle, devices: devices.map((d) => ({ ...d })), images };
+      } catch (err) {
+        await control.snapshotDestroy(kernelId).catch(() => undefined);
+        throw err;
+      }
+    });
+  }
+
+  destroySnapshot(handle: string): Promise<void> {
+    return this.serialised(async () => {
+      const entry = this.handles?.snapshots[handle];
+      if (entry === undefined) throw new EngineError('ENODATA', 'IOCTL_SNAPSHOT_DESTROY', 'no such snapshot');
+      try {
+        await this.live().snapshotDestroy(BigInt(`0x${entry.kernelId}`));
+      } finally {
+        // Gone either way: destroyed now, or unknown to the kernel already.
+        await this.saveHandle(handle, null);
+      }
+    });
+  }
+
+  async listImages(): Promise<SnapshotImage[]> {
+    const images = await this.live().collectSnapshotImages();
+    return images.map((i) => ({ original: { ...i.original }, image: { ...i.image }, path: this.imagePath(i.image) }));
+  }
+
+  async snapshotHealth(device: DeviceId): Promise<SnapshotHealth> {
+    const errno = await this.live().snapshotErrno(device);
+    if (errno === 0) return { ok: true };
+    const code = errnoName(-errno);
+    const reason = -errno === 61 ? 'the snapstore ran out of space' : `the snapshot data is corrupt (${code})`;
+    return { ok: false, errno: -errno, code, reason };
+  }
+
+  openImage(image: SnapshotImage): Promise<ImageReader> {
+    return DirectReader.open(image.path);
+  }
+
+  // ---- helpers --------------------------------------------------------------------------------
+
+  private imagePath(image: DeviceId): string {
+    return path.join(this.options.devDir ?? '/dev', `veeamimage${image.minor}`);
+  }
+
+  /** The module creates image nodes asynchronously (spec §1.5). */
+  private async waitForNode(image: SnapshotImage): Promise<void> {
+    const deadline = Date.now() + (this.options.imageNodeTimeoutMs ?? 10_000);
+    for (;;) {
+      try {
+        const stat = fs.statSync(image.path);
+        if (stat.isBlockDevice()) return;
+      } catch {
+        // Not there yet.
+      }
+      if (Date.now() > deadline) {
+        throw new EngineError('ETIMEDOUT', 'IOCTL_SNAPSHOT_CREATE', `the image node ${image.path} of ${show(image.original)} did not appear`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+
+  private serialised<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(work, work);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private live(): VeeamsnapControl {
+    if (this.control === null) throw new EngineError('ENODEV', 'engine', 'the veeamsnap engine is not started');
+    return this.control;
+  }
+
+  private handleFile(): string {
+    return path.join(this.options.stateDir, 'veeamsnap-snapshots.json');
+  }
+
+  private async loadHandles(): Promise<HandleFile> {
+    const bootId = this.options.bootId ?? fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    try {
+      const saved = JSON.parse(await fsp.readFile(this.handleFile(), 'utf8')) as HandleFile;
+      if (saved.bootId === bootId) return saved;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    return { bootId, snapshots: {} };
+  }
+
+  private async saveHandle(handle: string, entry: HandleFile['snapshots'][string] | null): Promise<void> {
+    const handles = this.handles!;
+    if (entry === null) delete handles.snapshots[handle];
+    else handles.snapshots[handle] = entry;
+    const file = this.handleFile();
+    await fsp.writeFile(`${file}.tmp`, JSON.stringify(handles), { mode: 0o600 });
+    await fsp.rename(`${file}.tmp`, file);
+  }
+}
+
+function errnoName(errno: number): string {
+  const entry = Object.entries(os.constants.errno as Record<string, number>).find(([, value]) => value === errno);
+  return entry?.[0] ?? `E${errno}`;
+}

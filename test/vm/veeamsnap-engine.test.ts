@@ -1,0 +1,64 @@
+// The engine conformance suite against the real veeamsnap module, inside the VM.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { VeeamsnapEngine } from '../../src/engine/veeamsnap';
+import { queryBlockDevice } from '../../src/native/blockdev';
+import { engineConformance, type ConformanceTarget, type TestDisk } from '../engine/conformance';
+import { guestDisks, veeamsnapLoaded, vmSkipReason } from './run';
+
+const skip = vmSkipReason() || (veeamsnapLoaded() ? false : 'VEEAMSNAP_KO not set: no module to test');
+
+engineConformance('veeamsnap', async (): Promise<ConformanceTarget> => {
+  const stateDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'csa-veeamsnap-'));
+  const disks: TestDisk[] = guestDisks().filter((d) => d.role === 'origin').map((d) => {
+    const info = queryBlockDevice(d.device);
+    return { path: d.device, device: { major: info.major, minor: info.minor }, size: info.size };
+  });
+  const store = guestDisks().find((d) => d.role === 'store')!;
+  const storeInfo = queryBlockDevice(store.device);
+  let next = 0;
+  return {
+    disks,
+    async newEngine() {
+      const engine = new VeeamsnapEngine({ stateDir });
+      await engine.start();
+      return engine;
+    },
+    async writeDisk(disk, offset, data) {
+      // Buffered, then flushed: the module sees the writes when they reach the block layer.
+      const fd = fs.openSync(disk.path, 'r+');
+      try {
+        fs.writeSync(fd, data, 0, data.length, offset);
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+    },
+    async readDisk(disk, offset, length) {
+      const fd = fs.openSync(disk.path, 'r');
+      try {
+        const buffer = Buffer.alloc(length);
+        fs.readSync(fd, buffer, 0, length, offset);
+        return buffer;
+      } finally {
+        fs.closeSync(fd);
+      }
+    },
+    storage: {
+      device: { major: storeInfo.major, minor: storeInfo.minor },
+      // Ranges go round the store disk: by the time they come back, their snapstore is gone.
+      take(bytes) {
+        if (next + bytes > storeInfo.size) next = 0;
+        const range = { offset: next, length: bytes };
+        next += bytes;
+        return [range];
+      },
+    },
+    eventTimeoutMs: 30_000,
+    async dispose() {
+      await fsp.rm(stateDir, { recursive: true, force: true });
+    },
+  };
+}, { skip });
