@@ -325,6 +325,10 @@ export class SimulatedEngine implements SnapshotEngine {
     });
   }
 
+  addSnapstoreSpace(id: string, ranges: ByteRange[]): Promise<void> {
+    return this.addDeviceRanges(id, ranges);
+  }
+
   /** @internal used by SimulatedSnapstore */
   addDeviceRanges(id: string, ranges: ByteRange[]): Promise<void> {
     return this.serialised(async () => {
@@ -471,6 +475,14 @@ export class SimulatedEngine implements SnapshotEngine {
       }
       await this.saveState();
     });
+  }
+
+  async listSnapshots(): Promise<SnapshotInfo[]> {
+    return this.live().snapshots.map((s) => ({
+      handle: s.handle,
+      devices: s.devices.map((d) => ({ ...d })),
+      images: s.images.map((i) => ({ ...i, original: { ...i.original }, image: { ...i.image } })),
+    }));
   }
 
   async listImages(): Promise<SnapshotImage[]> {

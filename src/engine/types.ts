@@ -58,6 +58,8 @@ export interface Snapstore extends EventEmitter {
   /** Asks the kernel to drop the snapstore; resolves once `terminate` has been seen. */
   cleanup(): Promise<{ filledBytes: number }>;
   on(event: 'event', listener: (event: SnapstoreEvent) => void): this;
+  /** The event stream broke; no more events will come. */
+  on(event: 'error', listener: (err: Error) => void): this;
 }
 
 export interface SnapshotImage {
@@ -103,12 +105,16 @@ export interface SnapshotEngine {
   readCbtMap(device: DeviceId): Promise<Buffer>;
 
   createSnapstore(options: SnapstoreOptions): Promise<Snapstore>;
+  /** Adds device space to a snapstore by id, without its event stream (after an agent restart). */
+  addSnapstoreSpace(id: string, ranges: ByteRange[]): Promise<void>;
   /** Drops a snapstore by id without its event stream (after an agent restart). */
   cleanupSnapstore(id: string): Promise<void>;
 
   /** Captures all devices at once; every device must have a snapstore. */
   createSnapshot(devices: DeviceId[]): Promise<SnapshotInfo>;
   destroySnapshot(handle: string): Promise<void>;
+  /** Snapshots this engine created that still exist, also those of an earlier agent process. */
+  listSnapshots(): Promise<SnapshotInfo[]>;
   listImages(): Promise<SnapshotImage[]>;
   /** Health of the snapshot data of one original device. */
   snapshotHealth(device: DeviceId): Promise<SnapshotHealth>;

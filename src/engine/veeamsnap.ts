@@ -245,6 +245,10 @@ export class VeeamsnapEngine implements SnapshotEngine {
     });
   }
 
+  addSnapstoreSpace(id: string, ranges: ByteRange[]): Promise<void> {
+    return this.serialised(() => this.live().snapstoreFile(Buffer.from(id, 'hex'), ranges));
+  }
+
   cleanupSnapstore(id: string): Promise<void> {
     return this.serialised(async () => {
       await this.live().snapstoreCleanup(Buffer.from(id, 'hex'));
@@ -262,6 +266,9 @@ export class VeeamsnapEngine implements SnapshotEngine {
       if (busy !== undefined) throw new EngineError('EALREADY', 'IOCTL_SNAPSHOT_CREATE', `${show(busy)} is already in a snapshot`);
 
       const kernelId = await control.snapshotCreate(devices);
+      // Persisted at once, so that even a crash in the next steps leaves a way to destroy it.
+      const handle = crypto.randomBytes(8).toString('hex');
+      await this.saveHandle(handle, { kernelId: kernelId.toString(16), devices });
       try {
         const after = await control.collectSnapshotImages();
         const images: SnapshotImage[] = devices.map((device) => {
@@ -272,11 +279,10 @@ export class VeeamsnapEngine implements SnapshotEngine {
           return { original: { ...device }, image: { ...found[0]!.image }, path: this.imagePath(found[0]!.image) };
         });
         await Promise.all(images.map((image) => this.waitForNode(image)));
-        const handle = crypto.randomBytes(8).toString('hex');
-        await this.saveHandle(handle, { kernelId: kernelId.toString(16), devices });
         return { handle, devices: devices.map((d) => ({ ...d })), images };
       } catch (err) {
         await control.snapshotDestroy(kernelId).catch(() => undefined);
+        await this.saveHandle(handle, null);
         throw err;
       }
     });
@@ -293,6 +299,15 @@ export class VeeamsnapEngine implements SnapshotEngine {
         await this.saveHandle(handle, null);
       }
     });
+  }
+
+  async listSnapshots(): Promise<SnapshotInfo[]> {
+    const images = await this.listImages();
+    return Object.entries(this.handles?.snapshots ?? {}).map(([handle, entry]) => ({
+      handle,
+      devices: entry.devices.map((d) => ({ ...d })),
+      images: images.filter((i) => entry.devices.some((d) => same(d, i.original))),
+    }));
   }
 
   async listImages(): Promise<SnapshotImage[]> {

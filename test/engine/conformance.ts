@@ -307,6 +307,12 @@ export function engineConformance(name: string, makeTarget: () => Promise<Confor
         assert.equal(again.generationId, t.generationId);
         assert.equal(again.snapshotNumber, t.snapshotNumber);
       }
+      // Without the event stream, space can still be added by id, and the snapshot stays healthy.
+      await engine.addSnapstoreSpace(snapshot.snapstore.id, target.storage.take(MiB));
+      assert.deepEqual(await engine.snapshotHealth(disk.device), { ok: true });
+      const known = (await engine.listSnapshots()).find((s) => s.handle === snapshot.handle);
+      assert.ok(known, 'the snapshot is listed by its handle');
+      assert.equal(known.images.length, 2);
       const images = await engine.listImages();
       for (const image of snapshot.images) assert.ok(images.some((i) => same(i.image, image.image) && same(i.original, image.original)));
       await target.writeDisk(disk, 0, pattern(4096, 'after restart'));
@@ -315,6 +321,7 @@ export function engineConformance(name: string, makeTarget: () => Promise<Confor
       await engine.destroySnapshot(snapshot.handle);
       await engine.cleanupSnapstore(snapshot.snapstore.id);
       assert.deepEqual(await engine.listImages(), []);
+      assert.deepEqual(await engine.listSnapshots(), []);
       await engine.stopTracking(other.device);
       await engine.stopTracking(disk.device);
     });

@@ -1,0 +1,381 @@
+// Snapshot lifecycle: create over N disks with complete rollback, delete, list, changes, image
+// readers, and the reconciliation that makes an agent restart (or a crash at any point) safe.
+//
+// Ordering rules that keep the kernel, the files and the rows consistent:
+// - rows are written before the kernel object or file they describe exists, so a crash always
+//   leaves a row naming whatever might need undoing;
+// - a snapstore's files are deleted only after the kernel has let go of them;
+// - create and delete are serialised with each other, never with downloads.
+import crypto from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import type { AgentState, SnapshotRow, SnapstoreRow, VolumeRow } from '../db/state';
+import { errorCode } from '../engine/errors';
+import type { DeviceId, ImageReader, SnapshotEngine, Snapstore } from '../engine/types';
+import { AgentError, conflict, invalid, notFound } from '../errors';
+import { faultPoint } from '../faults';
+import type { Logger } from '../log';
+import type { ChangesRequest, Snapshot, SnapshotChanges, SnapstoreInfo, VolumeSnapshot } from '../service';
+import { deleteSnapstoreFiles, SnapstoreWatcher } from '../watchers/watcher';
+import { computeChanges } from './changes';
+
+/** Share of a disk's size given to its snapstore up front (the original agent's choice). */
+const INITIAL_SPACE_RATIO = 0.2;
+
+export interface ManagerOptions {
+  engine: SnapshotEngine;
+  state: AgentState;
+  log: Logger;
+  /** Growth step and free-space threshold of every snapstore. */
+  snapStoreFileSize: number;
+  /** The block device holding a location's filesystem: where the kernel writes COW data. */
+  locationDevice(location: string): DeviceId;
+  /** Size of a tracked disk now. */
+  diskSize(path: string): number;
+  healthIntervalMs?: number;
+  growthRetryMs?: number;
+}
+
+export interface ManagerEvents {
+  /** A snapshot's data can no longer be trusted. */
+  failed: [snapshotId: string, reason: string];
+  deleted: [snapshotId: string];
+}
+
+const device = (major: number, minor: number): DeviceId => ({ major, minor });
+
+export class SnapshotManager extends EventEmitter<ManagerEvents> {
+  private readonly watchers = new Map<string, SnapstoreWatcher>();
+  /** Fill level last reported by each snapstore's events. */
+  private readonly filled = new Map<string, number>();
+  private lifecycle: Promise<unknown> = Promise.resolve();
+  private healthTimer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly options: ManagerOptions) {
+    super();
+  }
+
+  private get state(): AgentState {
+    return this.options.state;
+  }
+
+  // ---- start and stop -------------------------------------------------------------------------
+
+  /** Reconciles the rows with what the kernel has; call once, after the engine started. */
+  async start(): Promise<void> {
+    await this.serialised(() => this.reconcile());
+    this.healthTimer = setInterval(() => void this.checkHealth(), this.options.healthIntervalMs ?? 5000);
+    this.healthTimer.unref();
+  }
+
+  async stop(): Promise<void> {
+    if (this.healthTimer !== null) clearInterval(this.healthTimer);
+    this.healthTimer = null;
+    await this.lifecycle.catch(() => undefined);
+    await Promise.all([...this.watchers.values()].map((w) => w.stop()));
+    this.watchers.clear();
+  }
+
+  private async reconcile(): Promise<void> {
+    const { engine, log } = this.options;
+    const rows = this.state.snapshots();
+    const kept = new Set(rows.filter((r) => r.state === 'ok' || r.state === 'failed').map((r) => r.engineHandle));
+    // Kernel snapshots no finished row owns: a crash during create or delete left them.
+    for (const snapshot of await engine.listSnapshots()) {
+      if (kept.has(snapshot.handle)) continue;
+      log.warn({ handle: snapshot.handle }, 'destroying a snapshot left by an interrupted operation');
+      await this.destroyIgnoringGone(snapshot.handle);
+    }
+    const known = new Set((await engine.listSnapshots()).map((s) => s.handle));
+    for (const row of rows) {
+      if (row.state === 'creating' || row.state === 'deleting') {
+        log.warn({ snapshot: row.id, state: row.state }, 'finishing an interrupted operation');
+        await this.dropSnapshot(row);
+        continue;
+      }
+      for (const store of this.state.snapstoresOf(row.id)) {
+        // The kernel cannot give a restarted agent the snapstore's events back, so a HALFFILL
+        // sent while it was down is lost: grow once now instead of waiting for one.
+        const watcher = this.watch(store, null);
+        await watcher.grow();
+      }
+      if (row.state === 'ok' && (row.engineHandle === null || !known.has(row.engineHandle))) {
+        this.markFailed(row.id, 'the kernel no longer has this snapshot');
+      }
+    }
+    await this.checkHealth();
+  }
+
+  // ---- create ---------------------------------------------------------------------------------
+
+  createSnapshot(trackedDiskIds: string[]): Promise<Snapshot> {
+    if (!Array.isArray(trackedDiskIds) || trackedDiskIds.length === 0) {
+      return Promise.reject(invalid('tracked_disk_ids must list at least one disk'));
+    }
+    const duplicate = trackedDiskIds.find((id, index) => trackedDiskIds.indexOf(id) !== index);
+    if (duplicate !== undefined) return Promise.reject(invalid(`disk ${duplicate} is listed twice`));
+    return this.serialised(() => this.create(trackedDiskIds));
+  }
+
+  private async create(diskIds: string[]): Promise<Snapshot> {
+    const { state } = this;
+    const disks = diskIds.map((id) => {
+      const disk = state.trackedDisk(id);
+      if (disk === undefined) throw notFound(`disk ${id} is not tracked`);
+      const mapping = state.mappingOf(id);
+      if (mapping === undefined) throw notFound(`disk ${id} has no snapstore mapping`);
+      const existing = state.snapshotOfDisk(id);
+      if (existing !== undefined) throw conflict(`disk ${id} already has snapshot ${existing.id}`);
+      return { disk, mapping, storage: this.options.locationDevice(mapping.location) };
+    });
+
+    const snapshotId = BigInt.asUintN(63, crypto.randomBytes(8).readBigUInt64BE()).toString();
+    const stores: SnapstoreRow[] = disks.map(({ disk, mapping, storage }) => {
+      const id = crypto.randomBytes(16).toString('hex');
+      return {
+        id, snapshotId, diskId: disk.id, location: mapping.location, directory: `${mapping.location}/${id}`,
+        storageMajor: storage.major, storageMinor: storage.minor, state: 'creating', atRisk: null,
+      };
+    });
+    state.transaction(() => {
+      state.insertSnapshot({ id: snapshotId, engineHandle: null, state: 'creating', failure: null, createdAt: new Date().toISOString() });
+      stores.forEach((store, index) => {
+        const { disk } = disks[index]!;
+        state.insertSnapstore(store);
+        state.insertVolume({
+          snapshotId, diskId: disk.id, snapstoreId: store.id, originalPath: disk.path, originalMajor: disk.major,
+          originalMinor: disk.minor, imagePath: null, imageMajor: null, imageMinor: null, generationId: null,
+          snapshotNumber: null, cbtBlockSize: null, sizeBytes: null, cbtMap: null,
+        });
+      });
+    });
+    faultPoint('create:rows');
+
+    try {
+      await this.createSnapstores(stores, disks.map((d) => d.disk.path));
+      await this.capture(snapshotId, disks.map(({ disk }) => ({ id: disk.id, device: device(disk.major, disk.minor) })));
+    } catch (err) {
+      this.options.log.error({ err, snapshot: snapshotId }, 'snapshot creation failed: rolling back');
+      await this.dropSnapshot(state.snapshot(snapshotId)!);
+      throw err instanceof AgentError ? err : new AgentError('internal', `cannot create the snapshot: ${(err as Error).message}`, { cause: err });
+    }
+    return this.getSnapshot(snapshotId);
+  }
+
+  private async createSnapstores(stores: SnapstoreRow[], paths: string[]): Promise<void> {
+    for (const [index, store] of stores.entries()) {
+      const row = this.state.volume(store.snapshotId, store.diskId)!;
+      const snapstore: Snapstore = await this.options.engine.createSnapstore({
+        id: store.id,
+        devices: [device(row.originalMajor, row.originalMinor)],
+        storage: device(store.storageMajor, store.storageMinor),
+        thresholdBytes: this.options.snapStoreFileSize,
+      });
+      const watcher = this.watch(store, snapstore);
+      faultPoint('create:snapstore');
+      await watcher.addSpace(this.options.diskSize(paths[index]!) * INITIAL_SPACE_RATIO);
+      faultPoint('create:space');
+      this.state.setSnapstoreState(store.id, 'active');
+    }
+  }
+
+  private async capture(snapshotId: string, disks: Array<{ id: string; device: DeviceId }>): Promise<void> {
+    const { engine } = this.options;
+    const info = await engine.createSnapshot(disks.map((d) => d.device));
+    this.state.setSnapshotHandle(snapshotId, info.handle);
+    faultPoint('create:snapshot');
+    const trackers = await engine.listTrackers();
+    const volumes: Array<Parameters<AgentState['completeVolume']>[0]> = [];
+    for (const disk of disks) {
+      const same = (d: DeviceId): boolean => d.major === disk.device.major && d.minor === disk.device.minor;
+      const image = info.images.find((i) => same(i.original));
+      const tracker = trackers.find((t) => same(t.device));
+      if (image === undefined || tracker === undefined) throw new Error(`the kernel reported no image or tracker for disk ${disk.id}`);
+      // The map is only readable while the snapshot exists; it is kept for the changes queries.
+      const cbtMap = await engine.readCbtMap(disk.device);
+      volumes.push({
+        snapshotId, diskId: disk.id, imagePath: image.path, imageMajor: image.image.major, imageMinor: image.image.minor,
+        generationId: tracker.generationId, snapshotNumber: tracker.snapshotNumber, cbtBlockSize: tracker.cbtBlockSize,
+        sizeBytes: tracker.sizeBytes, cbtMap,
+      });
+    }
+    this.state.transaction(() => {
+      for (const volume of volumes) this.state.completeVolume(volume);
+      this.state.setSnapshotState(snapshotId, 'ok');
+    });
+    faultPoint('create:done');
+  }
+
+  // ---- delete ---------------------------------------------------------------------------------
+
+  deleteSnapshot(id: string): Promise<void> {
+    return this.serialised(async () => {
+      const row = this.state.snapshot(id);
+      if (row === undefined) return;
+      this.state.setSnapshotState(id, 'deleting');
+      faultPoint('delete:marked');
+      await this.dropSnapshot(row);
+      this.emit('deleted', id);
+    });
+  }
+
+  /** Destroys the kernel snapshot, releases its snapstores, then deletes files and rows. */
+  private async dropSnapshot(row: SnapshotRow): Promise<void> {
+    const handle = row.engineHandle ?? this.state.snapshot(row.id)?.engineHandle ?? null;
+    if (handle !== null) await this.destroyIgnoringGone(handle);
+    faultPoint('delete:destroyed');
+    for (const store of this.state.snapstoresOf(row.id)) {
+      const watcher = this.watchers.get(store.id);
+      if (watcher !== undefined) {
+        await watcher.release();
+      } else {
+        await this.options.engine.cleanupSnapstore(store.id);
+        await deleteSnapstoreFiles(this.state, store);
+      }
+      this.watchers.delete(store.id);
+      this.filled.delete(store.id);
+      faultPoint('delete:released');
+    }
+    this.state.deleteSnapshot(row.id);
+  }
+
+  private async destroyIgnoringGone(handle: string): Promise<void> {
+    try {
+      await this.options.engine.destroySnapshot(handle);
+    } catch (err) {
+      if (errorCode(err) !== 'ENODATA') throw err;
+    }
+  }
+
+  // ---- queries --------------------------------------------------------------------------------
+
+  async listSnapshots(): Promise<Snapshot[]> {
+    return this.state.snapshots().filter((r) => r.state === 'ok' || r.state === 'failed').map((r) => this.toSnapshot(r));
+  }
+
+  async getSnapshot(id: string): Promise<Snapshot> {
+    const row = this.state.snapshot(id);
+    if (row === undefined || row.state === 'creating' || row.state === 'deleting') throw notFound(`snapshot ${id} not found`);
+    return this.toSnapshot(row);
+  }
+
+  async changes(snapshotId: string, diskId: string, request: ChangesRequest): Promise<SnapshotChanges> {
+    const volume = this.volumeOf(await this.getSnapshot(snapshotId), snapshotId, diskId);
+    const result = computeChanges({
+      map: volume.cbtMap!, blockSize: volume.cbtBlockSize!, deviceSize: volume.sizeBytes!,
+      generationId: volume.generationId!, snapshotNumber: volume.snapshotNumber!,
+      previousGenerationId: request.previousGenerationId, previousNumber: request.previousNumber,
+    });
+    return { trackedDiskId: diskId, snapshotId, cbtBlockSize: volume.cbtBlockSize!, ...result };
+  }
+
+  async openImage(snapshotId: string, diskId: string): Promise<ImageReader> {
+    const snapshot = await this.getSnapshot(snapshotId);
+    const volume = this.volumeOf(snapshot, snapshotId, diskId);
+    if (snapshot.state.status === 'failed') throw conflict(`snapshot ${snapshotId} has failed: ${snapshot.state.reason}`);
+    const reader = await this.options.engine.openImage({
+      original: device(volume.originalMajor, volume.originalMinor),
+      image: device(volume.imageMajor!, volume.imageMinor!),
+      path: volume.imagePath!,
+    });
+    return {
+      path: reader.path,
+      size: reader.size,
+      logicalBlockSize: reader.logicalBlockSize,
+      read: async (offset, length) => {
+        try {
+          return await reader.read(offset, length);
+        } catch (err) {
+          // An image that fails reads has usually lost its snapstore: find out and say so.
+          if (errorCode(err) === 'EIO') await this.checkHealth();
+          throw err;
+        }
+      },
+      close: () => reader.close(),
+    };
+  }
+
+  async listSnapstores(): Promise<SnapstoreInfo[]> {
+    return this.state.snapstores().filter((s) => s.state !== 'creating').map((s) => ({
+      id: s.id,
+      trackedDiskId: s.diskId,
+      storageLocation: s.location,
+      allocatedBytes: this.state.allocatedBytesOf(s.id),
+      usedBytes: this.filled.get(s.id) ?? 0,
+    }));
+  }
+
+  private volumeOf(snapshot: Snapshot, snapshotId: string, diskId: string): VolumeRow {
+    const volume = snapshot.volumes.some((v) => v.trackedDiskId === diskId) ? this.state.volume(snapshotId, diskId) : undefined;
+    if (volume === undefined) throw notFound(`snapshot ${snapshotId} has no volume of disk ${diskId}`);
+    return volume;
+  }
+
+  private toSnapshot(row: SnapshotRow): Snapshot {
+    const volumes: VolumeSnapshot[] = this.state.volumes(row.id).map((v) => ({
+      trackedDiskId: v.diskId,
+      original: { devicePath: v.originalPath, major: v.originalMajor, minor: v.originalMinor },
+      image: { devicePath: v.imagePath!, major: v.imageMajor!, minor: v.imageMinor! },
+      snapshotNumber: v.snapshotNumber!,
+      generationId: v.generationId!,
+      cbtBlockSize: v.cbtBlockSize!,
+      sizeBytes: v.sizeBytes!,
+    }));
+    return {
+      id: row.id,
+      createdAt: new Date(row.createdAt),
+      volumes,
+      state: row.state === 'failed' ? { status: 'failed', reason: row.failure ?? 'unknown' } : { status: 'ok' },
+      exports: volumes.map((v) => ({
+        nbdExportName: `${row.id}/${v.trackedDiskId}`,
+        httpPath: `/api/v1/snapshots/${row.id}/consume/${v.trackedDiskId}`,
+        trackedDiskId: v.trackedDiskId,
+      })),
+    };
+  }
+
+  // ---- health ---------------------------------------------------------------------------------
+
+  private watch(store: SnapstoreRow, snapstore: Snapstore | null): SnapstoreWatcher {
+    snapstore?.on('event', (event) => this.filled.set(store.id, event.filledBytes));
+    const watcher = new SnapstoreWatcher(store, snapstore, {
+      engine: this.options.engine,
+      state: this.state,
+      log: this.options.log,
+      chunkBytes: this.options.snapStoreFileSize,
+      retryMs: this.options.growthRetryMs,
+      onOverflow: (row, reason) => this.markFailed(row.snapshotId, reason),
+    });
+    this.watchers.set(store.id, watcher);
+    return watcher;
+  }
+
+  private markFailed(snapshotId: string, reason: string): void {
+    const row = this.state.snapshot(snapshotId);
+    if (row === undefined || row.state !== 'ok') return;
+    this.state.setSnapshotState(snapshotId, 'failed', reason);
+    this.options.log.error({ snapshot: snapshotId, reason }, 'snapshot failed');
+    this.emit('failed', snapshotId, reason);
+  }
+
+  /** Asks the kernel about every live snapshot: overflow events can be missed across restarts. */
+  private async checkHealth(): Promise<void> {
+    for (const row of this.state.snapshots()) {
+      if (row.state !== 'ok') continue;
+      for (const volume of this.state.volumes(row.id)) {
+        try {
+          const health = await this.options.engine.snapshotHealth(device(volume.originalMajor, volume.originalMinor));
+          if (!health.ok) this.markFailed(row.id, `disk ${volume.diskId}: ${health.reason}`);
+        } catch (err) {
+          if (errorCode(err) === 'ENODATA') this.markFailed(row.id, `disk ${volume.diskId}: the kernel no longer has its snapstore`);
+          else this.options.log.warn({ err, snapshot: row.id }, 'snapshot health query failed');
+        }
+      }
+    }
+  }
+
+  private serialised<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.lifecycle.then(work, work);
+    this.lifecycle = run.catch(() => undefined);
+    return run;
+  }
+}
