@@ -11,6 +11,7 @@ import path from 'node:path';
 import type { ByteRange, DeviceId, SnapshotEngine, Snapstore, SnapstoreEvent } from '../engine/types';
 import type { AgentState, SnapstoreRow } from '../db/state';
 import type { Logger } from '../log';
+import { faultPoint } from '../faults';
 import { allocateFile, fileExtents, fsStats } from '../native/blockdev';
 
 export interface WatcherOptions {
@@ -79,6 +80,7 @@ export class SnapstoreWatcher {
     state.insertFile({ path: file, snapstoreId: this.row.id, size, state: 'allocating' });
     try {
       await allocateFile(file, size);
+      faultPoint('space:allocated');
       const extents = await fileExtents(file);
       if (!same(extents.device, this.storage)) {
         throw new Error(`${file} is on ${extents.device.major}:${extents.device.minor}, not on the location's device ${this.storage.major}:${this.storage.minor}`);

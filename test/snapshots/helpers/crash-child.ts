@@ -1,0 +1,43 @@
+// A short-lived agent for the crash tests: `create`, `delete ID` or `check` on the lifecycle
+// environment in DIR. With CSA_FAULT_POINT set it dies by SIGKILL at that point; `check`
+// starts like a restarted agent (reconciling) and prints what is left as one JSON line.
+import { lifecycleEnv, MiB, pattern, snapstoreFiles } from './env';
+
+async function main(): Promise<void> {
+  const [dir, action, id] = process.argv.slice(2);
+  const env = await lifecycleEnv(dir);
+  if (action === 'create') {
+    const snapshot = await env.manager.createSnapshot(['disk0', 'disk1']);
+    process.stdout.write(`${snapshot.id}\n`);
+  } else if (action === 'delete') {
+    await env.manager.deleteSnapshot(id!);
+  } else {
+    const snapshots = await env.manager.listSnapshots();
+    const intact: boolean[] = [];
+    for (const snapshot of snapshots) {
+      for (const [index, volume] of snapshot.volumes.entries()) {
+        const reader = await env.manager.openImage(snapshot.id, volume.trackedDiskId);
+        intact.push(Buffer.from(await reader.read(0, 4 * MiB)).equals(pattern(4 * MiB, index + 1)));
+        await reader.close();
+      }
+    }
+    process.stdout.write(`${JSON.stringify({
+      rows: env.state.snapshots().map((s) => s.state),
+      snapshots: snapshots.map((s) => ({ id: s.id, state: s.state.status, volumes: s.volumes.length })),
+      intact,
+      snapstoreRows: env.state.snapstores().length,
+      fileRows: env.state.snapstores().flatMap((s) => env.state.files(s.id)).length,
+      files: snapstoreFiles(env),
+      engineSnapshots: (await env.engine.listSnapshots()).length,
+      images: (await env.engine.listImages()).length,
+    })}\n`);
+  }
+  await env.manager.stop();
+  await env.engine.close();
+  env.state.db.close();
+}
+
+main().catch((err) => {
+  process.stderr.write(`${(err as Error).stack}\n`);
+  process.exit(1);
+});
