@@ -67,6 +67,15 @@ const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (snapshot_id, disk_id)
   );
   `,
+  `
+  CREATE TABLE exports (
+    name TEXT PRIMARY KEY,
+    snapshot_id TEXT NOT NULL,
+    disk_id TEXT NOT NULL,
+    http_path TEXT NOT NULL,
+    FOREIGN KEY (snapshot_id, disk_id) REFERENCES volume_snapshots (snapshot_id, disk_id) ON DELETE CASCADE
+  );
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

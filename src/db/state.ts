@@ -62,6 +62,14 @@ export interface VolumeRow {
   cbtMap: Buffer | null;
 }
 
+export interface ExportRow {
+  name: string;
+  snapshotId: string;
+  diskId: string;
+  httpPath: string;
+}
+
+const EXPORT_COLUMNS = 'name, snapshot_id AS snapshotId, disk_id AS diskId, http_path AS httpPath';
 const SNAPSHOT_COLUMNS = 'id, engine_handle AS engineHandle, state, failure, created_at AS createdAt';
 const SNAPSTORE_COLUMNS = `id, snapshot_id AS snapshotId, disk_id AS diskId, location, directory,
   storage_major AS storageMajor, storage_minor AS storageMinor, state, at_risk AS atRisk`;
@@ -178,6 +186,24 @@ export class AgentState {
     this.db.prepare(`UPDATE volume_snapshots SET image_path = @imagePath, image_major = @imageMajor, image_minor = @imageMinor,
       generation_id = @generationId, snapshot_number = @snapshotNumber, cbt_block_size = @cbtBlockSize,
       size_bytes = @sizeBytes, cbt_map = @cbtMap WHERE snapshot_id = @snapshotId AND disk_id = @diskId`).run(row);
+  }
+
+  // ---- exports
+
+  exports(): ExportRow[] {
+    return this.db.prepare(`SELECT ${EXPORT_COLUMNS} FROM exports ORDER BY rowid`).all() as ExportRow[];
+  }
+
+  exportsOf(snapshotId: string): ExportRow[] {
+    return this.db.prepare(`SELECT ${EXPORT_COLUMNS} FROM exports WHERE snapshot_id = ? ORDER BY rowid`).all(snapshotId) as ExportRow[];
+  }
+
+  export(name: string): ExportRow | undefined {
+    return this.db.prepare(`SELECT ${EXPORT_COLUMNS} FROM exports WHERE name = ?`).get(name) as ExportRow | undefined;
+  }
+
+  insertExport(row: ExportRow): void {
+    this.db.prepare('INSERT INTO exports (name, snapshot_id, disk_id, http_path) VALUES (@name, @snapshotId, @diskId, @httpPath)').run(row);
   }
 
   // ---- snapstores and their files

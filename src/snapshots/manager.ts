@@ -38,7 +38,8 @@ export interface ManagerOptions {
 export interface ManagerEvents {
   /** A snapshot's data can no longer be trusted. */
   failed: [snapshotId: string, reason: string];
-  deleted: [snapshotId: string];
+  /** The snapshot and its exports are gone. */
+  deleted: [snapshotId: string, exportNames: string[]];
 }
 
 const device = (major: number, minor: number): DeviceId => ({ major, minor });
@@ -199,7 +200,13 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       });
     }
     this.state.transaction(() => {
-      for (const volume of volumes) this.state.completeVolume(volume);
+      for (const volume of volumes) {
+        this.state.completeVolume(volume);
+        this.state.insertExport({
+          name: `${snapshotId}/${volume.diskId}`, snapshotId, diskId: volume.diskId,
+          httpPath: `/api/v1/snapshots/${snapshotId}/consume/${volume.diskId}`,
+        });
+      }
       this.state.setSnapshotState(snapshotId, 'ok');
     });
     faultPoint('create:done');
@@ -211,10 +218,12 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     return this.serialised(async () => {
       const row = this.state.snapshot(id);
       if (row === undefined) return;
+      const exportNames = this.state.exportsOf(id).map((x) => x.name);
       this.state.setSnapshotState(id, 'deleting');
       faultPoint('delete:marked');
+      // Consumers stop before the kernel snapshot goes, so none reads a vanishing image.
+      this.emit('deleted', id, exportNames);
       await this.dropSnapshot(row);
-      this.emit('deleted', id);
     });
   }
 
@@ -325,11 +334,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       createdAt: new Date(row.createdAt),
       volumes,
       state: row.state === 'failed' ? { status: 'failed', reason: row.failure ?? 'unknown' } : { status: 'ok' },
-      exports: volumes.map((v) => ({
-        nbdExportName: `${row.id}/${v.trackedDiskId}`,
-        httpPath: `/api/v1/snapshots/${row.id}/consume/${v.trackedDiskId}`,
-        trackedDiskId: v.trackedDiskId,
-      })),
+      exports: this.state.exportsOf(row.id).map((x) => ({ nbdExportName: x.name, httpPath: x.httpPath, trackedDiskId: x.diskId })),
     };
   }
 
