@@ -230,3 +230,26 @@ describe('config: every mistake is refused, naming the file and the key', () => 
     rejects(`${validToml()}\n[simulated]\ndisks = ["${certs.caCert}"]\n`, 'simulated.disks', /only used when engine = "simulated"/);
   });
 });
+
+describe('config: the shipped sample', () => {
+  test('contrib/config.toml.sample is valid once its paths exist, and every commented key is known', () => {
+    const sample = fs.readFileSync(path.resolve(__dirname, '../../contrib/config.toml.sample'), 'utf8');
+    const local = (text: string): string => text
+      .replaceAll('/etc/coriolis-snapshot-agent/certs/server-cert.pem', certs.serverCert)
+      .replaceAll('/etc/coriolis-snapshot-agent/certs/server-key.pem', certs.serverKey)
+      .replaceAll('/etc/coriolis-snapshot-agent/certs/ca-cert.pem', certs.caCert)
+      .replaceAll('/var/lib/coriolis-snapshots', destination);
+    const config = parseConfig(local(sample), FILE);
+    assert.deepEqual(config.snapstoreMappings, [{ device: 'sda', location: destination }]);
+    // Uncommenting the optional keys (with values that fit together) must still be valid.
+    const disk = path.join(dir, 'sample-disk.img');
+    fs.writeFileSync(disk, Buffer.alloc(4096));
+    const everything = local(sample)
+      .replace(/^#(\w+ = )/gm, '$1')
+      .replace('engine = "veeamsnap"', 'engine = "simulated"')
+      .replace('allowed_clients = ["CN=coriolis", "sha256:AB:CD:..."]', 'allowed_clients = ["CN=coriolis"]')
+      .replace('bind = "<the [api] bind address>"', 'bind = "127.0.0.1"')
+      .replace('disks = ["/srv/demo/disk0.img"]', `disks = ["${disk}"]`);
+    assert.equal(parseConfig(everything, FILE).engine, 'simulated');
+  });
+});

@@ -1,11 +1,11 @@
 // A short-lived agent for the crash tests: `create`, `delete ID` or `check` on the lifecycle
 // environment in DIR. With CSA_FAULT_POINT set it dies by SIGKILL at that point; `check`
 // starts like a restarted agent (reconciling) and prints what is left as one JSON line.
-import { lifecycleEnv, MiB, pattern, snapstoreFiles } from './env';
+import { lifecycleEnv, MiB, pattern, simulatedMachine, snapstoreFiles } from './env';
 
 async function main(): Promise<void> {
   const [dir, action, id] = process.argv.slice(2);
-  const env = await lifecycleEnv(dir);
+  const env = await lifecycleEnv({ machine: await simulatedMachine(dir) });
   if (action === 'create') {
     const snapshot = await env.manager.createSnapshot(['disk0', 'disk1']);
     process.stdout.write(`${snapshot.id}\n`);

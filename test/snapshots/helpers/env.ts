@@ -20,8 +20,9 @@ export const CHUNK = 8 * MiB;
 export interface LifecycleEnv {
   dir: string;
   location: string;
+  diskSize: number;
   disks: Array<{ id: string; path: string }>;
-  engine: SnapshotEngine & { disks?: SimulatedEngine['disks'] };
+  engine: SnapshotEngine;
   state: AgentState;
   manager: SnapshotManager;
   /** Stops the manager and engine and opens new ones on the same files, as a restart does. */
@@ -56,33 +57,69 @@ export function readFile(file: string, offset: number, length: number): Buffer {
   }
 }
 
-/** Builds the environment in `dir` (made if missing); an existing one is reopened as it was. */
-export async function lifecycleEnv(dir?: string, wrapEngine: (engine: SnapshotEngine) => SnapshotEngine = (e) => e,
-  options: { locationDevice?: (dir: string) => DeviceId } = {}): Promise<LifecycleEnv> {
-  dir ??= await fsp.mkdtemp(path.join(os.tmpdir(), 'csa-lifecycle-'));
-  const location = path.join(dir, 'snapstores');
+/** The disks, snapstore location and engine a lifecycle environment runs on. */
+export interface Machine {
+  /** Disk paths; each starts with pattern(4 MiB, index + 1). */
+  disks: string[];
+  diskSize: number;
+  location: string;
+  /** Where the database and engine state live. */
+  stateDir: string;
+  /** A fresh engine object over the same kernel (or model) state, started. */
+  newEngine(): Promise<SnapshotEngine>;
+  /** The device number of each disk, as the engine names it. */
+  devices(engine: SnapshotEngine): DeviceId[];
+  dispose(): Promise<void>;
+}
+
+/** Disk files and the simulated engine in one temporary directory; reopened as it was if `dir` exists. */
+export async function simulatedMachine(dir?: string): Promise<Machine> {
+  const base = dir ?? (await fsp.mkdtemp(path.join(os.tmpdir(), 'csa-lifecycle-')));
+  const location = path.join(base, 'snapstores');
   fs.mkdirSync(location, { recursive: true });
-  const paths = ['disk0', 'disk1'].map((name, index) => {
-    const file = path.join(dir!, `${name}.img`);
+  const disks = ['disk0', 'disk1'].map((name, index) => {
+    const file = path.join(base, `${name}.img`);
     if (!fs.existsSync(file)) {
       fs.writeFileSync(file, pattern(4 * MiB, index + 1));
       fs.truncateSync(file, DISK_SIZE);
     }
     return file;
   });
+  return {
+    disks, diskSize: DISK_SIZE, location, stateDir: base,
+    async newEngine() {
+      const engine = new SimulatedEngine({ disks, stateDir: path.join(base, 'engine'), pollIntervalMs: 50 });
+      await engine.start();
+      return engine;
+    },
+    devices: (engine) => (engine as SimulatedEngine).disks().map((d) => d.device),
+    dispose: () => fsp.rm(base, { recursive: true, force: true }),
+  };
+}
+
+export interface EnvOptions {
+  machine?: Machine;
+  wrapEngine?: (engine: SnapshotEngine) => SnapshotEngine;
+  locationDevice?: (dir: string) => DeviceId;
+}
+
+/** A lifecycle environment on `machine` (by default a new simulated one). */
+export async function lifecycleEnv(options: EnvOptions = {}): Promise<LifecycleEnv> {
+  const machine = options.machine ?? (await simulatedMachine());
+  let wrapEngine = options.wrapEngine ?? ((e: SnapshotEngine) => e);
+  const { location } = machine;
 
   const open = async (): Promise<Pick<LifecycleEnv, 'engine' | 'state' | 'manager'>> => {
-    const simulated = new SimulatedEngine({ disks: paths, stateDir: path.join(dir!, 'engine'), pollIntervalMs: 50 });
-    await simulated.start();
-    const state = new AgentState(openDatabase(path.join(dir!, 'agent.db')));
-    simulated.disks().forEach((disk, index) => {
+    const inner = await machine.newEngine();
+    const state = new AgentState(openDatabase(path.join(machine.stateDir, 'agent.db')));
+    machine.devices(inner).forEach((device, index) => {
       if (state.trackedDisk(`disk${index}`) === undefined) {
-        state.upsertTrackedDisk({ id: `disk${index}`, path: disk.path, ...disk.device });
+        state.upsertTrackedDisk({ id: `disk${index}`, path: machine.disks[index]!, ...device });
         state.insertMapping({ id: `mapping${index}`, diskId: `disk${index}`, location });
       }
     });
-    const engine = wrapEngine(simulated);
-    for (const disk of simulated.disks()) await engine.startTracking(disk.device);
+    const engine = wrapEngine(inner);
+    for (const device of machine.devices(inner)) await engine.startTracking(device);
     const manager = new SnapshotManager({
       engine, state, log: silentLogger(), snapStoreFileSize: CHUNK,
       locationDevice: options.locationDevice ?? fileSystemDevice,
@@ -93,21 +130,26 @@ export async function lifecycleEnv(dir?: string, wrapEngine: (engine: SnapshotEn
     return { engine, state, manager };
   };
 
+  const shutDown = async (): Promise<void> => {
+    await env.manager.stop();
+    await env.engine.close();
+    env.state.db.close();
+  };
   const env = {
-    dir, location, disks: paths.map((p, index) => ({ id: `disk${index}`, path: p })),
+    dir: machine.stateDir, location, diskSize: machine.diskSize,
+    disks: machine.disks.map((p, index) => ({ id: `disk${index}`, path: p })),
     ...(await open()),
     async restart(wrap?: (engine: SnapshotEngine) => SnapshotEngine) {
-      await env.manager.stop();
-      await env.engine.close();
-      env.state.db.close();
+      await shutDown();
       if (wrap !== undefined) wrapEngine = wrap;
       Object.assign(env, await open());
     },
     async close() {
-      await env.manager.stop();
-      await env.engine.close();
-      env.state.db.close();
-      await fsp.rm(dir!, { recursive: true, force: true });
+      // Kernel state outlives the engine object: leave none behind for the next test.
+      for (const snapshot of env.state.snapshots()) await env.manager.deleteSnapshot(snapshot.id);
+      for (const row of env.state.trackedDisks()) await env.engine.stopTracking({ major: row.major, minor: row.minor }).catch(() => undefined);
+      await shutDown();
+      await machine.dispose();
     },
   };
   return env;

@@ -1,0 +1,228 @@
+// The snapshot lifecycle, written once for any machine: the simulated engine over files in CI,
+// the veeamsnap module over virtio disks in the VM.
+import assert from 'node:assert/strict';
+import { afterEach, describe, test } from 'node:test';
+import type { SnapshotEngine, Snapstore } from '../../src/engine/types';
+import { isAgentError } from '../../src/errors';
+import { roundToMiB } from '../../src/watchers/watcher';
+import { CHUNK, lifecycleEnv, MiB, pattern, readFile, snapstoreFiles, writeDisk, type EnvOptions, type LifecycleEnv, type Machine } from './helpers/env';
+
+async function readImage(e: LifecycleEnv, snapshotId: string, diskId: string, offset: number, length: number): Promise<Buffer> {
+  const reader = await e.manager.openImage(snapshotId, diskId);
+  try {
+    return Buffer.from(await reader.read(offset, length));
+  } finally {
+    await reader.close();
+  }
+}
+
+function rejectsWith(kind: string, pattern: RegExp) {
+  return (err: unknown): boolean => {
+    assert.ok(isAgentError(err), `expected an AgentError, got ${String(err)}`);
+    assert.equal(err.kind, kind);
+    assert.match(err.message, pattern);
+    return true;
+  };
+}
+
+/** Nothing of a snapshot is left: no rows, no files, no kernel snapshot, snapstore or image. */
+async function assertNothingLeft(e: LifecycleEnv): Promise<void> {
+  assert.deepEqual(e.state.snapshots(), []);
+  assert.deepEqual(e.state.snapstores(), []);
+  assert.deepEqual(snapstoreFiles(e), []);
+  assert.deepEqual(await e.engine.listSnapshots(), []);
+  assert.deepEqual(await e.engine.listImages(), []);
+  for (const disk of e.disks) {
+    const row = e.state.trackedDisk(disk.id)!;
+    await assert.rejects(e.engine.snapshotHealth({ major: row.major, minor: row.minor }), { code: 'ENODATA' }, `no snapstore left for ${disk.id}`);
+  }
+}
+
+/** Wraps an engine so that one method fails, the way a kernel error would. */
+function failing(method: keyof SnapshotEngine, after = 0) {
+  return (engine: SnapshotEngine): SnapshotEngine => {
+    let calls = 0;
+    return new Proxy(engine, {
+      get(target, property, receiver) {
+        const value = Reflect.get(target, property, receiver);
+        if (property !== method || typeof value !== 'function') return typeof value === 'function' ? value.bind(target) : value;
+        return (...args: unknown[]) => {
+          if (calls++ >= after) return Promise.reject(Object.assign(new Error(`injected ${String(method)} failure`), { code: 'EIO' }));
+          return value.apply(target, args);
+        };
+      },
+    });
+  };
+}
+
+/** Snapstores whose space can be given once (the initial allocation) and never grown. */
+function noGrowth(engine: SnapshotEngine): SnapshotEngine {
+  return new Proxy(engine, {
+    get(target, property, receiver) {
+      const value = Reflect.get(target, property, receiver);
+      if (property !== 'createSnapstore') return typeof value === 'function' ? value.bind(target) : value;
+      return async (...args: Parameters<SnapshotEngine['createSnapstore']>): Promise<Snapstore> => {
+        const snapstore = await target.createSnapstore(...args);
+        const addDeviceRanges = snapstore.addDeviceRanges.bind(snapstore);
+        let given = false;
+        snapstore.addDeviceRanges = async (ranges) => {
+          if (given) throw Object.assign(new Error('injected: no more space'), { code: 'ENOSPC' });
+          given = true;
+          return addDeviceRanges(ranges);
+        };
+        return snapstore;
+      };
+    },
+  });
+}
+
+async function waitFor(condition: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>, options: { skip?: string | false } = {}): void {
+  describe(`snapshot lifecycle: ${name}`, { skip: options.skip ?? false }, () => {
+    let env: LifecycleEnv | undefined;
+    afterEach(async () => {
+      await env?.close();
+      env = undefined;
+    });
+    const lifecycleEnvOn = async (envOptions: EnvOptions = {}): Promise<LifecycleEnv> => lifecycleEnv({ machine: await makeMachine(), ...envOptions });
+
+    test('a two-disk snapshot gets a snapstore of 20% per disk and images with the disks\' content', async () => {
+      env = await lifecycleEnvOn();
+      const snapshot = await env.manager.createSnapshot(['disk0', 'disk1']);
+      assert.match(snapshot.id, /^\d+$/);
+      assert.deepEqual(snapshot.state, { status: 'ok' });
+      assert.deepEqual(snapshot.volumes.map((v) => v.trackedDiskId), ['disk0', 'disk1']);
+      for (const volume of snapshot.volumes) {
+        assert.equal(volume.snapshotNumber, 1);
+        assert.equal(volume.sizeBytes, env.diskSize);
+        assert.equal(volume.cbtBlockSize, 256 * 1024);
+      }
+      assert.deepEqual(snapshot.exports.map((x) => x.nbdExportName), [`${snapshot.id}/disk0`, `${snapshot.id}/disk1`]);
+      const stores = await env.manager.listSnapstores();
+      assert.equal(stores.length, 2);
+      for (const store of stores) assert.equal(store.allocatedBytes, roundToMiB(env.diskSize * 0.2));
+
+      writeDisk(env.disks[0]!.path, 0, pattern(MiB, 99));
+      assert.ok((await readImage(env, snapshot.id, 'disk0', 0, 4 * MiB)).equals(pattern(4 * MiB, 1)));
+      assert.ok((await readImage(env, snapshot.id, 'disk1', 123, 4000)).equals(pattern(4 * MiB, 2).subarray(123, 4123)));
+      assert.deepEqual(await env.manager.listSnapshots(), [await env.manager.getSnapshot(snapshot.id)]);
+    });
+
+    test('bad requests are refused before anything is created', async () => {
+      env = await lifecycleEnvOn();
+      await assert.rejects(env.manager.createSnapshot([]), rejectsWith('invalid', /at least one disk/));
+      await assert.rejects(env.manager.createSnapshot(['disk0', 'disk0']), rejectsWith('invalid', /listed twice/));
+      await assert.rejects(env.manager.createSnapshot(['sdz']), rejectsWith('not-found', /sdz is not tracked/));
+      env.state.db.prepare("DELETE FROM mappings WHERE disk_id = 'disk1'").run();
+      await assert.rejects(env.manager.createSnapshot(['disk0', 'disk1']), rejectsWith('not-found', /disk1 has no snapstore mapping/));
+      await assertNothingLeft(env);
+      const first = await env.manager.createSnapshot(['disk0']);
+      await assert.rejects(env.manager.createSnapshot(['disk0']), rejectsWith('conflict', new RegExp(`already has snapshot ${first.id}`)));
+      await assert.rejects(env.manager.getSnapshot('12345'), rejectsWith('not-found', /snapshot 12345 not found/));
+      await assert.rejects(env.manager.changes(first.id, 'disk1', {}), rejectsWith('not-found', /no volume of disk disk1/));
+    });
+
+    test('delete removes the kernel snapshot, snapstores, files and rows; deleting again is a no-op', async () => {
+      env = await lifecycleEnvOn();
+      const snapshot = await env.manager.createSnapshot(['disk0', 'disk1']);
+      await env.manager.deleteSnapshot(snapshot.id);
+      await assertNothingLeft(env);
+      await env.manager.deleteSnapshot(snapshot.id);
+      await env.manager.deleteSnapshot('not-a-snapshot');
+    });
+
+    test('changes: full at first, then only what was written since the previous snapshot', async () => {
+      env = await lifecycleEnvOn();
+      const first = await env.manager.createSnapshot(['disk0']);
+      const full = await env.manager.changes(first.id, 'disk0', {});
+      assert.deepEqual(full, { trackedDiskId: 'disk0', snapshotId: first.id, cbtBlockSize: 256 * 1024, backupType: 'full', ranges: [{ offset: 0, length: env.diskSize }] });
+      const { generationId, snapshotNumber } = first.volumes[0]!;
+      await env.manager.deleteSnapshot(first.id);
+
+      writeDisk(env.disks[0]!.path, 0, pattern(4096, 5));
+      writeDisk(env.disks[0]!.path, 10 * MiB + 1000, pattern(300 * 1024, 6));
+      const second = await env.manager.createSnapshot(['disk0']);
+      const incremental = await env.manager.changes(second.id, 'disk0', { previousGenerationId: generationId, previousNumber: snapshotNumber });
+      assert.equal(incremental.backupType, 'incremental');
+      assert.deepEqual(incremental.ranges, [{ offset: 0, length: 256 * 1024 }, { offset: 10 * MiB, length: 512 * 1024 }]);
+      const other = await env.manager.changes(second.id, 'disk0', { previousGenerationId: 'another', previousNumber: snapshotNumber });
+      assert.equal(other.backupType, 'full');
+    });
+
+    test('a failure in the kernel snapshot rolls everything back, snapstores and files included', async () => {
+      env = await lifecycleEnvOn({ wrapEngine: failing('createSnapshot') });
+      await assert.rejects(env.manager.createSnapshot(['disk0', 'disk1']), rejectsWith('internal', /injected createSnapshot failure/));
+      await assertNothingLeft(env);
+    });
+
+    test('a failure after the kernel snapshot exists destroys it too', async () => {
+      env = await lifecycleEnvOn({ wrapEngine: failing('readCbtMap', 1) });
+      await assert.rejects(env.manager.createSnapshot(['disk0', 'disk1']), rejectsWith('internal', /injected readCbtMap failure/));
+      await assertNothingLeft(env);
+      await env.restart((e) => e);
+      const again = await env.manager.createSnapshot(['disk0', 'disk1']);
+      assert.equal(again.volumes.length, 2, 'the disks are free again');
+    });
+
+    test('a failure creating the second disk\'s snapstore undoes the first one', async () => {
+      env = await lifecycleEnvOn({ wrapEngine: failing('createSnapstore', 1) });
+      await assert.rejects(env.manager.createSnapshot(['disk0', 'disk1']), rejectsWith('internal', /injected createSnapstore failure/));
+      await assertNothingLeft(env);
+    });
+
+    test('a snapstore file on another device than the location\'s is refused: the kernel would write to the wrong disk', async () => {
+      env = await lifecycleEnvOn({ locationDevice: () => ({ major: 1, minor: 99 }) });
+      await assert.rejects(env.manager.createSnapshot(['disk0']), rejectsWith('internal', /not on the location's device 1:99/));
+      await assertNothingLeft(env);
+    });
+
+    test('a snapstore filling up grows by one file per HALFFILL', async () => {
+      env = await lifecycleEnvOn();
+      const snapshot = await env.manager.createSnapshot(['disk0']);
+      const before = (await env.manager.listSnapstores())[0]!.allocatedBytes;
+      // Less than the threshold (one CHUNK) left free: 2 MiB past the point where it is crossed.
+      const crossing = before - CHUNK;
+      writeDisk(env.disks[0]!.path, 8 * MiB, pattern(crossing + 2 * MiB, 7));
+      await waitFor(async () => (await env!.manager.listSnapstores())[0]!.allocatedBytes === before + CHUNK);
+      assert.deepEqual((await env.manager.getSnapshot(snapshot.id)).state, { status: 'ok' });
+      // HALFFILL came as soon as less than the threshold was free.
+      assert.ok((await env.manager.listSnapstores())[0]!.usedBytes > crossing);
+    });
+
+    test('an overflow fails the snapshot visibly and refuses reads', async () => {
+      env = await lifecycleEnvOn({ wrapEngine: noGrowth });
+      const snapshot = await env.manager.createSnapshot(['disk0']);
+      // More copy-on-write than the initial space, which cannot grow.
+      writeDisk(env.disks[0]!.path, 0, pattern(roundToMiB(env.diskSize * 0.2) + 4 * MiB, 8));
+      await waitFor(async () => (await env!.manager.getSnapshot(snapshot.id)).state.status === 'failed');
+      const failed = await env.manager.getSnapshot(snapshot.id);
+      assert.match(failed.state.status === 'failed' ? failed.state.reason : '', /ran out of space/);
+      await assert.rejects(env.manager.openImage(snapshot.id, 'disk0'), rejectsWith('conflict', /has failed/));
+      await env.manager.deleteSnapshot(snapshot.id);
+      await assertNothingLeft(env);
+    });
+
+    test('after a restart the snapshot is still served, re-watched and deletable', async () => {
+      env = await lifecycleEnvOn();
+      const snapshot = await env.manager.createSnapshot(['disk0', 'disk1']);
+      const allocated = (await env.manager.listSnapstores()).map((s) => s.allocatedBytes);
+      writeDisk(env.disks[0]!.path, 0, pattern(MiB, 11));
+      await env.restart();
+      assert.deepEqual(await env.manager.getSnapshot(snapshot.id), snapshot);
+      assert.ok((await readImage(env, snapshot.id, 'disk0', 0, MiB)).equals(pattern(MiB, 1)));
+      // The lost event stream is made up for with one growth step at start.
+      assert.deepEqual((await env.manager.listSnapstores()).map((s) => s.allocatedBytes), allocated.map((a) => a + CHUNK));
+      await env.manager.deleteSnapshot(snapshot.id);
+      await assertNothingLeft(env);
+      assert.ok(readFile(env.disks[0]!.path, 0, MiB).equals(pattern(MiB, 11)), 'the disk itself is untouched');
+    });
+  });
+
+}
