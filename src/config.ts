@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import toml from 'toml';
+import { parseClientMatcher } from './api/client-identity';
 
 export const DEFAULT_CONFIG_FILE = '/etc/coriolis-snapshot-agent/config.toml';
 export const DEFAULT_DATABASE_FILE = '/var/lib/coriolis-snapshot-agent/agent.db';
@@ -45,7 +46,8 @@ export interface Config {
   snapstoreMappings: SnapstoreMapping[];
   /** Both the growth step of a snapstore and its free-space threshold, in bytes. */
   snapStoreFileSize: number;
-  api: { bind: string; port: number; tls: TlsMaterial };
+  /** allowedClients: client certificate subjects or SHA-256 fingerprints; empty admits any the CA signed. */
+  api: { bind: string; port: number; tls: TlsMaterial; allowedClients: string[] };
   nbd: {
     bind: string;
     port: number;
@@ -136,6 +138,16 @@ class TableReader {
   checkAbsolute(key: string, value: string): string {
     if (value === '' || !path.isAbsolute(value)) throw this.error(key, `must be an absolute path, got ${JSON.stringify(value)}`);
     return path.normalize(value);
+  }
+
+  stringArray(key: string): string[] | undefined {
+    const value = this.table[key];
+    if (value === undefined) return undefined;
+    if (!Array.isArray(value)) throw this.error(key, `must be an array of strings, got ${describe(value)}`);
+    return value.map((item, index) => {
+      if (typeof item !== 'string') throw this.error(`${key}[${index}]`, `must be a string, got ${describe(item)}`);
+      return item;
+    });
   }
 
   pathArray(key: string): string[] | undefined {
@@ -294,7 +306,16 @@ export function parseConfig(text: string, file: string): Config {
   const apiSection = top.section('api', ['bind', 'port', 'tls']);
   const apiBind = readBind(apiSection, 'bind');
   const apiPort = apiSection.positiveInteger('port', undefined, 65535);
-  const apiTls = readTls(apiSection.section('tls', TLS_KEYS), null);
+  const apiTlsSection = apiSection.section('tls', [...TLS_KEYS, 'allowed_clients']);
+  const apiTls = readTls(apiTlsSection, null);
+  const allowedClients = apiTlsSection.stringArray('allowed_clients') ?? [];
+  for (const [index, entry] of allowedClients.entries()) {
+    try {
+      parseClientMatcher(entry);
+    } catch (err) {
+      throw apiTlsSection.error(`allowed_clients[${index}]`, (err as Error).message);
+    }
+  }
 
   const nbdSection = top.section('nbd', ['bind', 'port', 'tls', 'unix_socket', 'max_connections', ...TLS_KEYS]);
   const nbdBind = readBind(nbdSection, 'bind', apiBind);
@@ -336,7 +357,7 @@ export function parseConfig(text: string, file: string): Config {
     autoInitPhysicalDisks,
     snapstoreMappings,
     snapStoreFileSize,
-    api: { bind: apiBind, port: apiPort, tls: apiTls },
+    api: { bind: apiBind, port: apiPort, tls: apiTls, allowedClients },
     nbd: { bind: nbdBind, port: nbdPort, tls: nbdTls, certificates: nbdCertificates, unixSocket, maxConnections },
     simulated: { disks: simulatedDisks, imageDir },
   };

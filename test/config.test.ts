@@ -253,3 +253,22 @@ describe('config: the shipped sample', () => {
     assert.equal(parseConfig(everything, FILE).engine, 'simulated');
   });
 });
+
+describe('api.tls.allowed_clients', () => {
+  const withClients = (list: string): string => validToml().replace('[api.tls]\n', `[api.tls]\nallowed_clients = ${list}\n`);
+
+  test('absent means every client the CA signed; subjects and fingerprints are kept as given', () => {
+    assert.deepEqual(parseConfig(validToml(), FILE).api.allowedClients, []);
+    const fingerprint = `sha256:${'AB:'.repeat(31)}CD`;
+    const clients = ['CN=backup, O=Coriolis', fingerprint, 'ab'.repeat(32)];
+    assert.deepEqual(parseConfig(withClients(JSON.stringify(clients)), FILE).api.allowedClients, clients);
+  });
+
+  test('entries that are neither a subject nor a fingerprint are refused, naming the entry', () => {
+    rejects(withClients('"CN=client"'), 'api.tls.allowed_clients', /must be an array of strings/);
+    rejects(withClients('["CN=client", 5]'), 'api.tls.allowed_clients[1]', /must be a string/);
+    rejects(withClients('["client"]'), 'api.tls.allowed_clients[0]', /neither a certificate subject/);
+    rejects(withClients('["sha256:ABCD"]'), 'api.tls.allowed_clients[0]', /not a SHA-256 fingerprint/);
+    rejects(withClients('[""]'), 'api.tls.allowed_clients[0]', /neither a certificate subject/);
+  });
+});

@@ -1,0 +1,95 @@
+// The koa application of the REST API: access log, error mapping, the routes under /api/v1 and
+// a JSON 404 for everything else (unknown paths, wrong methods, OPTIONS, HEAD off consume).
+import Koa, { type Middleware } from 'koa';
+import type { Logger } from '../log';
+import type { AgentService } from '../service';
+import { DEFAULT_BODY_LIMIT } from './body';
+import { clientIdentity } from './client-identity';
+import { ClientGoneError, DEFAULT_CONSUME_OPTIONS, type ConsumeOptions } from './consume';
+import { errorResponse, routeNotFound } from './errors';
+import { apiRouter } from './routes';
+import { HOST_SOURCES, type SystemInfoSources } from './systeminfo';
+
+export interface AppOptions {
+  service: AgentService;
+  log: Logger;
+  consume?: Partial<ConsumeOptions>;
+  /** Largest accepted request body in bytes; 64 KiB unless set. */
+  bodyLimit?: number;
+  /** Where systeminfo reads the host; tests point it at fixtures. */
+  systemInfo?: SystemInfoSources;
+}
+
+/** One line per request when the response is over (or the connection is gone), with who asked. */
+function accessLog(log: Logger): Middleware {
+  return async (ctx, next) => {
+    const started = process.hrtime.bigint();
+    const { res } = ctx;
+    // Read now: the socket is detached from the request once the response is over.
+    const { socket } = ctx.req;
+    const client = clientIdentity(socket);
+    const remote = socket.remoteAddress;
+    res.once('close', () => {
+      log.info({
+        method: ctx.method,
+        url: ctx.originalUrl,
+        status: res.statusCode,
+        length: res.getHeader('Content-Length'),
+        complete: res.writableFinished,
+        ms: Number(process.hrtime.bigint() - started) / 1e6,
+        remote,
+        client: client?.subject ?? null,
+      }, 'request');
+    });
+    await next();
+  };
+}
+
+/**
+ * Maps every failure to its status and {error, details} body. Once bytes have gone out the
+ * status cannot change, so the connection is destroyed: a consumer must see a failed transfer,
+ * never a short one that looks complete.
+ */
+function errorResponses(log: Logger): Middleware {
+  return async (ctx, next) => {
+    try {
+      await next();
+    } catch (err) {
+      if (ctx.res.headersSent) {
+        if (err instanceof ClientGoneError) log.info({ url: ctx.originalUrl }, 'client closed the connection during the response');
+        else log.error({ err, url: ctx.originalUrl }, 'response failed after its headers were sent: connection destroyed');
+        ctx.res.destroy();
+        return;
+      }
+      const response = errorResponse(err);
+      if (response.unexpected) log.error({ err, method: ctx.method, url: ctx.originalUrl }, 'request failed');
+      ctx.respond = true;
+      for (const name of ctx.res.getHeaderNames()) ctx.res.removeHeader(name);
+      ctx.set(response.headers);
+      ctx.status = response.status;
+      ctx.body = response.body;
+    }
+  };
+}
+
+const notFoundFallback: Middleware = () => {
+  throw routeNotFound();
+};
+
+export function createApp(options: AppOptions): Koa {
+  const app = new Koa();
+  // Failures are logged by errorResponses; koa's default handler would print to stderr.
+  app.silent = true;
+  const router = apiRouter({
+    service: options.service,
+    log: options.log,
+    consume: { ...DEFAULT_CONSUME_OPTIONS, ...options.consume },
+    bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
+    systemInfo: options.systemInfo ?? HOST_SOURCES,
+  });
+  app.use(accessLog(options.log));
+  app.use(errorResponses(options.log));
+  app.use(router.routes());
+  app.use(notFoundFallback);
+  return app;
+}

@@ -1,0 +1,142 @@
+// The HTTPS server of the REST API: TLS 1.2 or newer, a client certificate from the configured
+// CA required at the handshake, an optional allow-list of client identities, and timeouts so
+// neither a silent peer nor a stalled download holds resources forever (agent-reference 2, 11.11,
+// 11.12). Plain HTTP on the port fails the handshake and the socket is closed at once.
+import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import https from 'node:https';
+import type { Socket } from 'node:net';
+import tls from 'node:tls';
+import type { Logger } from '../log';
+import { clientIdentity, matchesClient, parseClientMatcher, type ClientMatcher } from './client-identity';
+
+export interface ApiTlsMaterial {
+  /** PEM server certificate, optionally followed by its chain. */
+  certificate: string;
+  key: string;
+  /** PEM bundle of the CAs that sign client certificates. */
+  caCertificate: string;
+}
+
+export interface ApiServerTimeouts {
+  /** Completing the TLS handshake. */
+  handshakeMs: number;
+  /** Receiving a request's headers. */
+  headersMs: number;
+  /** Receiving a whole request. */
+  requestMs: number;
+  /** An idle keep-alive connection is closed after this. */
+  keepAliveMs: number;
+  /** A connection with no traffic either way (e.g. a client that stopped reading) is destroyed. */
+  idleSocketMs: number;
+}
+
+export const DEFAULT_TIMEOUTS: ApiServerTimeouts = {
+  handshakeMs: 10_000,
+  headersMs: 20_000,
+  requestMs: 60_000,
+  keepAliveMs: 30_000,
+  idleSocketMs: 120_000,
+};
+
+export interface ApiServerOptions {
+  tls: ApiTlsMaterial;
+  /** Subjects ("CN=client") or SHA-256 fingerprints; empty or absent admits every client the CA signed. */
+  allowedClients?: readonly string[];
+  /** Handles the authorised requests: `createApp(...).callback()`. */
+  handler: RequestListener;
+  log: Logger;
+  timeouts?: Partial<ApiServerTimeouts>;
+  /** Open connections at most; further ones are dropped. */
+  maxConnections?: number;
+}
+
+const DEFAULT_MAX_CONNECTIONS = 256;
+
+// Node's default suites with AES-128-GCM first, chosen by the server: as safe as AES-256-GCM,
+// and about a quarter cheaper per byte for this server and for the client decrypting a disk.
+const AES_128_FIRST = 'TLS_AES_128_GCM_SHA256';
+const CIPHERS = [AES_128_FIRST, ...tls.DEFAULT_CIPHERS.split(':').filter((suite) => suite !== AES_128_FIRST)].join(':');
+
+function refuse(res: ServerResponse, details: string): void {
+  const body = JSON.stringify({ error: 'Forbidden', details });
+  res.writeHead(403, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body), Connection: 'close' });
+  res.end(body);
+}
+
+/** Throws on a malformed allow-list entry, naming it. */
+export function createApiServer(options: ApiServerOptions): https.Server {
+  const timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
+  const matchers: ClientMatcher[] = (options.allowedClients ?? []).map(parseClientMatcher);
+  const admitted = new WeakMap<Socket, boolean>();
+  const isAdmitted = (socket: Socket): boolean => {
+    let verdict = admitted.get(socket);
+    if (verdict === undefined) {
+      const identity = clientIdentity(socket);
+      verdict = identity !== null && matchers.some((matcher) => matchesClient(matcher, identity));
+      if (!verdict) options.log.warn({ remote: socket.remoteAddress, client: identity }, 'client certificate not in api.tls.allowed_clients: refused');
+      admitted.set(socket, verdict);
+    }
+    return verdict;
+  };
+
+  const handler: RequestListener = matchers.length === 0
+    ? options.handler
+    : (req: IncomingMessage, res: ServerResponse) => {
+      if (isAdmitted(req.socket)) {
+        options.handler(req, res);
+        return;
+      }
+      const identity = clientIdentity(req.socket);
+      refuse(res, `client certificate ${identity?.subject ?? ''} (sha256 ${identity?.fingerprint256 ?? ''}) is not allowed`);
+    };
+
+  const server = https.createServer({
+    cert: options.tls.certificate,
+    key: options.tls.key,
+    ca: options.tls.caCertificate,
+    minVersion: 'TLSv1.2',
+    ciphers: CIPHERS,
+    honorCipherOrder: true,
+    requestCert: true,
+    rejectUnauthorized: true,
+    handshakeTimeout: timeouts.handshakeMs,
+    headersTimeout: timeouts.headersMs,
+    requestTimeout: timeouts.requestMs,
+    keepAliveTimeout: timeouts.keepAliveMs,
+    // Node enforces the header and request timeouts on this tick (30 s unless set).
+    connectionsCheckingInterval: Math.min(1000, timeouts.headersMs / 2),
+  }, handler);
+  server.setTimeout(timeouts.idleSocketMs);
+  server.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  server.on('tlsClientError', (err, socket) => {
+    options.log.info({ remote: socket.remoteAddress, err: err.message }, 'TLS handshake refused');
+  });
+  return server;
+}
+
+/** Resolves once listening; rejects on EADDRINUSE and the like. */
+export function listenApiServer(server: https.Server, port: number, host: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error): void => reject(err);
+    server.once('error', onError);
+    server.listen(port, host, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+/**
+ * Stops accepting, closes idle keep-alive connections, lets responses in progress finish for up
+ * to `graceMs`, then cuts the rest (a download of a whole disk will not wait).
+ */
+export function closeApiServer(server: https.Server, graceMs = 5_000): Promise<void> {
+  return new Promise((resolve) => {
+    const force = setTimeout(() => server.closeAllConnections(), graceMs);
+    server.close(() => {
+      clearTimeout(force);
+      resolve();
+    });
+    server.closeIdleConnections();
+  });
+}

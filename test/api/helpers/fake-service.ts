@@ -1,0 +1,231 @@
+// An in-memory AgentService for the REST API tests: disks are files, snapshot images are read
+// from those files with the real O_DIRECT reader, and every argument the API passes is recorded
+// so tests can check what validation handed over.
+import type { ImageReader } from '../../../src/engine/types';
+import { conflict, invalid, notFound } from '../../../src/errors';
+import { DirectReader } from '../../../src/native/reader';
+import type {
+  AgentService, ChangesRequest, Disk, DiskEntry, DiskListOptions, LocationInfo, MappingInfo, Snapshot,
+  SnapshotChanges, SnapstoreInfo,
+} from '../../../src/service';
+
+export interface FakeDiskSpec {
+  name: string;
+  /** File that plays the disk and, once snapshotted, its image. */
+  file: string;
+  size: number;
+  tracked?: boolean;
+  isVirtual?: boolean;
+  swap?: boolean;
+  mapped?: boolean;
+}
+
+export function fakeDisk(spec: FakeDiskSpec, minor: number): Disk {
+  return {
+    name: spec.name,
+    path: `/dev/${spec.name}`,
+    device: { major: 252, minor },
+    size: spec.size,
+    logicalSectorSize: 512,
+    physicalSectorSize: 4096,
+    alignmentOffset: 0,
+    partitionTableType: 'gpt',
+    partitionTableUuid: '8df09209-6e27-4f0c-a155-ad327bb8f89b',
+    filesystemType: spec.swap === true ? 'swap' : '',
+    partitions: [],
+    slaves: [],
+    isVirtual: spec.isVirtual ?? false,
+  };
+}
+
+/** Reads like the wrapped reader until `failAfter` bytes from the start, then fails with EIO. */
+export class FailingReader implements ImageReader {
+  constructor(private readonly inner: ImageReader, private readonly failAfter: number) {}
+  get path(): string { return this.inner.path; }
+  get size(): number { return this.inner.size; }
+  get logicalBlockSize(): number { return this.inner.logicalBlockSize; }
+  read(offset: number, length: number): Promise<Buffer> {
+    if (offset + length > this.failAfter) {
+      return Promise.reject(Object.assign(new Error(`EIO: i/o error, read ${this.path}`), { code: 'EIO', errno: -5 }));
+    }
+    return this.inner.read(offset, length);
+  }
+  close(): Promise<void> { return this.inner.close(); }
+}
+
+const LOCATION = '/mnt/snapstores/snapstore_files';
+// Above 2^53, so a test catches any number conversion of the id.
+const FIRST_SNAPSHOT_ID = 18446633009895023040n;
+
+export class FakeAgentService implements AgentService {
+  readonly disks: Array<{ spec: FakeDiskSpec; disk: Disk }>;
+  readonly snapshots = new Map<string, Snapshot>();
+  readonly mappings: MappingInfo[] = [];
+  readonly locations: LocationInfo[] = [{
+    path: LOCATION, devicePath: '/dev/vdb1', major: 252, minor: 17, totalBytes: 42006183936, availableBytes: 39791616000, allocatedBytes: 0,
+  }];
+  /** Readers opened and not yet closed. */
+  openReaders = 0;
+  /** Bytes asked of image readers so far. */
+  bytesRequested = 0;
+  /** Set to make openImage hand out readers that fail after this many bytes. */
+  failReadsAfter: number | undefined;
+  readonly calls: { listDisks: DiskListOptions[]; changes: ChangesRequest[]; createSnapshot: string[][] } = {
+    listDisks: [], changes: [], createSnapshot: [],
+  };
+  private nextId = FIRST_SNAPSHOT_ID;
+
+  constructor(specs: FakeDiskSpec[]) {
+    this.disks = specs.map((spec, index) => ({ spec, disk: fakeDisk(spec, index * 16) }));
+    for (const { spec } of this.disks) {
+      if (spec.mapped === true) this.mappings.push({ id: `mapping-${spec.name}`, trackedDiskId: spec.name, storageLocation: LOCATION });
+    }
+  }
+
+  private entry(item: { spec: FakeDiskSpec; disk: Disk }): DiskEntry {
+    return { disk: item.disk, trackingId: item.spec.tracked === true ? item.spec.name : null };
+  }
+
+  private tracked(id: string): { spec: FakeDiskSpec; disk: Disk } {
+    const item = this.disks.find(({ spec }) => spec.name === id && spec.tracked === true);
+    if (item === undefined) throw notFound(`disk ${id} is not tracked`);
+    return item;
+  }
+
+  async listDisks(options: DiskListOptions): Promise<DiskEntry[]> {
+    this.calls.listDisks.push(options);
+    return this.disks
+      .filter(({ spec }) => (options.includeVirtual || spec.isVirtual !== true) && (options.includeSwap || spec.swap !== true))
+      .map((item) => this.entry(item));
+  }
+
+  async getDisk(id: string): Promise<DiskEntry> {
+    return this.entry(this.tracked(id));
+  }
+
+  async listSnapshots(): Promise<Snapshot[]> {
+    return [...this.snapshots.values()];
+  }
+
+  async getSnapshot(id: string): Promise<Snapshot> {
+    const snapshot = this.snapshots.get(id);
+    if (snapshot === undefined) throw notFound(`snapshot ${id} not found`);
+    return snapshot;
+  }
+
+  async createSnapshot(trackedDiskIds: string[]): Promise<Snapshot> {
+    this.calls.createSnapshot.push(trackedDiskIds);
+    if (trackedDiskIds.length === 0) throw invalid('no disks');
+    const items = trackedDiskIds.map((id) => this.tracked(id));
+    for (const { spec } of items) {
+      if (!this.mappings.some((mapping) => mapping.trackedDiskId === spec.name)) throw notFound(`mapping for device ID ${spec.name} not found`);
+      for (const snapshot of this.snapshots.values()) {
+        if (snapshot.volumes.some((volume) => volume.trackedDiskId === spec.name)) throw conflict(`disk ${spec.name} already has a snapshot`);
+      }
+    }
+    const id = String(this.nextId++);
+    const snapshot: Snapshot = {
+      id,
+      createdAt: new Date('2024-05-01T10:00:00.000Z'),
+      state: { status: 'ok' },
+      volumes: items.map(({ spec, disk }, index) => ({
+        trackedDiskId: spec.name,
+        original: { devicePath: disk.path, major: disk.device.major, minor: disk.device.minor },
+        image: { devicePath: `/dev/veeamimage${index}`, major: 251, minor: index },
+        snapshotNumber: 3,
+        generationId: '80564045-085a-4b1c-82d4-7410bce63d4a',
+        cbtBlockSize: 262144,
+        sizeBytes: spec.size,
+      })),
+      exports: items.map(({ spec }) => ({
+        nbdExportName: `${id}/${spec.name}`,
+        httpPath: `/api/v1/snapshots/${id}/consume/${spec.name}`,
+        trackedDiskId: spec.name,
+      })),
+    };
+    this.snapshots.set(id, snapshot);
+    return snapshot;
+  }
+
+  async deleteSnapshot(id: string): Promise<void> {
+    this.snapshots.delete(id);
+  }
+
+  /** What the lifecycle does when a snapstore overflows. */
+  failSnapshot(id: string, reason: string): void {
+    const snapshot = this.snapshots.get(id);
+    if (snapshot === undefined) throw new Error(`no snapshot ${id}`);
+    snapshot.state = { status: 'failed', reason };
+  }
+
+  private volume(snapshotId: string, trackedDiskId: string): Snapshot['volumes'][number] & { snapshot: Snapshot } {
+    const snapshot = this.snapshots.get(snapshotId);
+    if (snapshot === undefined) throw notFound(`snapshot ${snapshotId} not found`);
+    const volume = snapshot.volumes.find((candidate) => candidate.trackedDiskId === trackedDiskId);
+    if (volume === undefined) throw notFound(`could not find volume snapshot for ${trackedDiskId}`);
+    return { ...volume, snapshot };
+  }
+
+  async changes(snapshotId: string, trackedDiskId: string, request: ChangesRequest): Promise<SnapshotChanges> {
+    this.calls.changes.push(request);
+    const volume = this.volume(snapshotId, trackedDiskId);
+    const incremental = request.previousGenerationId === volume.generationId && request.previousNumber !== undefined;
+    return {
+      trackedDiskId,
+      snapshotId,
+      cbtBlockSize: volume.cbtBlockSize,
+      backupType: incremental ? 'incremental' : 'full',
+      ranges: incremental ? [{ offset: 0, length: 262144 }, { offset: 1048576, length: 524288 }] : [{ offset: 0, length: volume.sizeBytes }],
+    };
+  }
+
+  async openImage(snapshotId: string, trackedDiskId: string): Promise<ImageReader> {
+    const volume = this.volume(snapshotId, trackedDiskId);
+    if (volume.snapshot.state.status === 'failed') throw conflict(`snapshot ${snapshotId} has failed: ${volume.snapshot.state.reason}`);
+    const spec = this.disks.find((item) => item.spec.name === trackedDiskId)!.spec;
+    const direct = await DirectReader.open(spec.file);
+    this.openReaders++;
+    const reader: ImageReader = {
+      path: direct.path,
+      size: direct.size,
+      logicalBlockSize: direct.logicalBlockSize,
+      read: (offset, length) => {
+        this.bytesRequested += length;
+        return direct.read(offset, length);
+      },
+      close: async () => {
+        await direct.close();
+        this.openReaders--;
+      },
+    };
+    return this.failReadsAfter === undefined ? reader : new FailingReader(reader, this.failReadsAfter);
+  }
+
+  async listSnapstores(): Promise<SnapstoreInfo[]> {
+    return [...this.snapshots.values()].flatMap((snapshot) => snapshot.volumes.map((volume) => ({
+      id: `store-${volume.trackedDiskId}`,
+      trackedDiskId: volume.trackedDiskId,
+      storageLocation: LOCATION,
+      allocatedBytes: 5368709120,
+      usedBytes: 1073741824,
+    })));
+  }
+
+  async listLocations(): Promise<LocationInfo[]> {
+    return this.locations;
+  }
+
+  async listMappings(): Promise<MappingInfo[]> {
+    return this.mappings;
+  }
+
+  async createMapping(trackedDiskId: string, locationPath: string): Promise<MappingInfo> {
+    this.tracked(trackedDiskId);
+    if (!this.locations.some((location) => location.path === locationPath)) throw notFound(`path ${locationPath} not found`);
+    const existing = this.mappings.find((mapping) => mapping.trackedDiskId === trackedDiskId);
+    if (existing !== undefined) throw conflict(`disk ${trackedDiskId} already has a snap store mapping: ${existing.id}`);
+    const mapping = { id: `mapping-${trackedDiskId}`, trackedDiskId, storageLocation: locationPath };
+    this.mappings.push(mapping);
+    return mapping;
+  }
+}
