@@ -22,6 +22,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { queryBlockDevice } from '../native/blockdev';
 import { DirectReader } from '../native/reader';
+import { SerialQueue } from '../serial';
 import { EngineError } from './errors';
 import type {
   ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,
@@ -186,7 +187,7 @@ export class SimulatedEngine implements SnapshotEngine {
   private poller: NodeJS.Timeout | null = null;
   private scanning: Promise<void> | null = null;
   /** Serialises state changes, as the agent serialises ioctls. */
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly queue = new SerialQueue();
 
   constructor(private readonly options: SimulatedEngineOptions) {}
 
@@ -226,14 +227,14 @@ export class SimulatedEngine implements SnapshotEngine {
     if (this.poller !== null) clearInterval(this.poller);
     this.poller = null;
     await this.scanning;
-    await this.queue.catch(() => undefined);
+    await this.queue.idle();
     this.state = null;
   }
 
   // ---- tracking -------------------------------------------------------------------------------
 
   startTracking(device: DeviceId): Promise<void> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       const disk = this.disk(device, 'TRACKING_ADD');
       const tracker = this.tracker(device);
       if (tracker !== undefined) {
@@ -246,7 +247,7 @@ export class SimulatedEngine implements SnapshotEngine {
   }
 
   stopTracking(device: DeviceId): Promise<void> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       const state = this.live();
       if (this.tracker(device) === undefined) throw new EngineError('ENODATA', 'TRACKING_REMOVE', `${show(device)} is not tracked`);
       if (this.snapshotOf(device) !== undefined) {
@@ -304,7 +305,7 @@ export class SimulatedEngine implements SnapshotEngine {
   // ---- snapstores -----------------------------------------------------------------------------
 
   createSnapstore(options: SnapstoreOptions): Promise<Snapstore> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       const state = this.live();
       if (!/^[0-9a-f]{32}$/.test(options.id)) throw new EngineError('EINVAL', 'SNAPSTORE_CREATE', 'the id must be 32 hex digits');
       if (options.devices.length === 0) throw new EngineError('EINVAL', 'SNAPSTORE_CREATE', 'no devices');
@@ -331,7 +332,7 @@ export class SimulatedEngine implements SnapshotEngine {
 
   /** @internal used by SimulatedSnapstore */
   addDeviceRanges(id: string, ranges: ByteRange[]): Promise<void> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       const snapstore = this.snapstore(id, 'SNAPSTORE_FILE');
       if (snapstore.storage === null) throw new EngineError('EFAULT', 'SNAPSTORE_FILE', 'a memory snapstore takes no device ranges');
       if (ranges.length === 0) throw new EngineError('EINVAL', 'SNAPSTORE_FILE', 'no ranges');
@@ -345,7 +346,7 @@ export class SimulatedEngine implements SnapshotEngine {
 
   /** @internal used by SimulatedSnapstore */
   addMemory(id: string, bytes: number): Promise<void> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       const snapstore = this.snapstore(id, 'SNAPSTORE_MEMORY');
       if (snapstore.storage !== null || snapstore.hasMemory) {
         throw new EngineError('EINVAL', 'SNAPSTORE_MEMORY', 'only an empty memory snapstore takes memory, once');
@@ -363,7 +364,7 @@ export class SimulatedEngine implements SnapshotEngine {
 
   /** @internal Cleans up; false when the snapstore is unknown (the module answers 0 then too). */
   requestCleanup(id: string): Promise<boolean> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       const snapstore = this.live().snapstores.find((s) => s.id === id);
       if (snapstore === undefined) return false;
       snapstore.cleanedUp = true;
@@ -384,7 +385,7 @@ export class SimulatedEngine implements SnapshotEngine {
   // ---- snapshots ------------------------------------------------------------------------------
 
   createSnapshot(devices: DeviceId[]): Promise<SnapshotInfo> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       const state = this.live();
       if (devices.length === 0) throw new EngineError('ENODEV', 'SNAPSHOT_CREATE', 'no devices');
       devices.forEach((device, index) => {
@@ -459,7 +460,7 @@ export class SimulatedEngine implements SnapshotEngine {
   }
 
   destroySnapshot(handle: string): Promise<void> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       const state = this.live();
       const snapshot = state.snapshots.find((s) => s.handle === handle);
       if (snapshot === undefined) throw new EngineError('ENODATA', 'SNAPSHOT_DESTROY', 'no such snapshot');
@@ -521,7 +522,7 @@ export class SimulatedEngine implements SnapshotEngine {
   /** Counts the copy-on-write blocks written since the last scan; fires HALFFILL and OVERFLOW. */
   scan(): Promise<void> {
     if (this.scanning === null) {
-      this.scanning = this.serialised(() => this.scanOnce()).finally(() => {
+      this.scanning = this.queue.run(() => this.scanOnce()).finally(() => {
         this.scanning = null;
       });
     }
@@ -568,11 +569,6 @@ export class SimulatedEngine implements SnapshotEngine {
 
   // ---- state ----------------------------------------------------------------------------------
 
-  private serialised<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(work, work);
-    this.queue = run.catch(() => undefined);
-    return run;
-  }
 
   private live(): ModelState {
     if (this.state === null) throw new EngineError('ENODEV', 'engine', 'the simulated engine is not started');

@@ -15,6 +15,7 @@ import { isSystemError } from '../native/binding';
 import { DirectReader } from '../native/reader';
 import { SnapstorePipe } from '../native/snapstore-pipe';
 import { DEFAULT_CONTROL_DEVICE, VeeamsnapControl, kernelEntriesFromKallsyms, type TrackerInfo as KernelTracker } from '../native/veeamsnap';
+import { SerialQueue } from '../serial';
 import { EngineError } from './errors';
 import type {
   ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,
@@ -113,7 +114,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
   readonly kind = 'veeamsnap';
   private control: VeeamsnapControl | null = null;
   private readonly snapstores = new Set<VeeamsnapSnapstore>();
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly queue = new SerialQueue();
   private handles: HandleFile | null = null;
   private moduleBlockSize = 256 * 1024;
 
@@ -157,7 +158,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
   }
 
   async close(): Promise<void> {
-    await this.queue.catch(() => undefined);
+    await this.queue.idle();
     // Closing the pipes does not touch the snapstores; their later events are simply lost.
     await Promise.all([...this.snapstores].map((s) => s.close()));
     this.snapstores.clear();
@@ -168,7 +169,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
   // ---- tracking -------------------------------------------------------------------------------
 
   startTracking(device: DeviceId): Promise<void> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       try {
         await this.live().trackingAdd(device);
       } catch (err) {
@@ -178,7 +179,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
   }
 
   stopTracking(device: DeviceId): Promise<void> {
-    return this.serialised(() => this.live().trackingRemove(device));
+    return this.queue.run(() => this.live().trackingRemove(device));
   }
 
   async listTrackers(): Promise<TrackerInfo[]> {
@@ -217,7 +218,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
   // ---- snapstores -----------------------------------------------------------------------------
 
   createSnapstore(options: SnapstoreOptions): Promise<Snapstore> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       if (!/^[0-9a-f]{32}$/.test(options.id)) throw new EngineError('EINVAL', 'INITIATE', 'the id must be 32 hex digits');
       const pipe = await SnapstorePipe.open(this.controlDevice);
       try {
@@ -246,11 +247,11 @@ export class VeeamsnapEngine implements SnapshotEngine {
   }
 
   addSnapstoreSpace(id: string, ranges: ByteRange[]): Promise<void> {
-    return this.serialised(() => this.live().snapstoreFile(Buffer.from(id, 'hex'), ranges));
+    return this.queue.run(() => this.live().snapstoreFile(Buffer.from(id, 'hex'), ranges));
   }
 
   cleanupSnapstore(id: string): Promise<void> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       await this.live().snapstoreCleanup(Buffer.from(id, 'hex'));
     });
   }
@@ -258,7 +259,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
   // ---- snapshots ------------------------------------------------------------------------------
 
   createSnapshot(devices: DeviceId[]): Promise<SnapshotInfo> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       const control = this.live();
       // The module would break the other snapshot on EALREADY (spec §8.6): refuse it here.
       const before = await control.collectSnapshotImages();
@@ -289,7 +290,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
   }
 
   destroySnapshot(handle: string): Promise<void> {
-    return this.serialised(async () => {
+    return this.queue.run(async () => {
       const entry = this.handles?.snapshots[handle];
       if (entry === undefined) throw new EngineError('ENODATA', 'IOCTL_SNAPSHOT_DESTROY', 'no such snapshot');
       try {
@@ -350,11 +351,6 @@ export class VeeamsnapEngine implements SnapshotEngine {
     }
   }
 
-  private serialised<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(work, work);
-    this.queue = run.catch(() => undefined);
-    return run;
-  }
 
   private live(): VeeamsnapControl {
     if (this.control === null) throw new EngineError('ENODEV', 'engine', 'the veeamsnap engine is not started');

@@ -13,6 +13,7 @@ import { errorCode } from '../engine/errors';
 import type { DeviceId, ImageReader, SnapshotEngine, Snapstore } from '../engine/types';
 import { AgentError, conflict, invalid, notFound } from '../errors';
 import { faultPoint } from '../faults';
+import { SerialQueue } from '../serial';
 import type { Logger } from '../log';
 import type { ChangesRequest, Snapshot, SnapshotChanges, SnapstoreInfo, VolumeSnapshot } from '../service';
 import { deleteSnapstoreFiles, SnapstoreWatcher } from '../watchers/watcher';
@@ -48,7 +49,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   private readonly watchers = new Map<string, SnapstoreWatcher>();
   /** Fill level last reported by each snapstore's events. */
   private readonly filled = new Map<string, number>();
-  private lifecycle: Promise<unknown> = Promise.resolve();
+  private readonly lifecycle = new SerialQueue();
   private healthTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: ManagerOptions) {
@@ -63,7 +64,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
 
   /** Reconciles the rows with what the kernel has; call once, after the engine started. */
   async start(): Promise<void> {
-    await this.serialised(() => this.reconcile());
+    await this.lifecycle.run(() => this.reconcile());
     this.healthTimer = setInterval(() => void this.checkHealth(), this.options.healthIntervalMs ?? 5000);
     this.healthTimer.unref();
   }
@@ -71,7 +72,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   async stop(): Promise<void> {
     if (this.healthTimer !== null) clearInterval(this.healthTimer);
     this.healthTimer = null;
-    await this.lifecycle.catch(() => undefined);
+    await this.lifecycle.idle();
     await Promise.all([...this.watchers.values()].map((w) => w.stop()));
     this.watchers.clear();
   }
@@ -114,7 +115,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     }
     const duplicate = trackedDiskIds.find((id, index) => trackedDiskIds.indexOf(id) !== index);
     if (duplicate !== undefined) return Promise.reject(invalid(`disk ${duplicate} is listed twice`));
-    return this.serialised(() => this.create(trackedDiskIds));
+    return this.lifecycle.run(() => this.create(trackedDiskIds));
   }
 
   private async create(diskIds: string[]): Promise<Snapshot> {
@@ -215,7 +216,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   // ---- delete ---------------------------------------------------------------------------------
 
   deleteSnapshot(id: string): Promise<void> {
-    return this.serialised(async () => {
+    return this.lifecycle.run(async () => {
       const row = this.state.snapshot(id);
       if (row === undefined) return;
       const exportNames = this.state.exportsOf(id).map((x) => x.name);
@@ -378,9 +379,4 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     }
   }
 
-  private serialised<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.lifecycle.then(work, work);
-    this.lifecycle = run.catch(() => undefined);
-    return run;
-  }
 }

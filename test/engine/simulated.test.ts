@@ -3,6 +3,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { SimulatedEngine } from '../../src/engine/simulated';
+import { readFile, writeDisk } from '../snapshots/helpers/env';
 import { engineConformance, MiB, type ConformanceTarget, type TestDisk } from './conformance';
 
 const DISK_SIZE = 64 * MiB;
@@ -29,25 +30,8 @@ engineConformance('simulated', async (): Promise<ConformanceTarget> => {
       await engine.start();
       return engine;
     },
-    async writeDisk(disk, offset, data) {
-      const handle = await fsp.open(disk.path, 'r+');
-      try {
-        await handle.write(data, 0, data.length, offset);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-    },
-    async readDisk(disk, offset, length) {
-      const handle = await fsp.open(disk.path, 'r');
-      try {
-        const buffer = Buffer.alloc(length);
-        await handle.read(buffer, 0, length, offset);
-        return buffer;
-      } finally {
-        await handle.close();
-      }
-    },
+    writeDisk: async (disk, offset, data) => writeDisk(disk.path, offset, data),
+    readDisk: async (disk, offset, length) => readFile(disk.path, offset, length),
     storage: {
       device: { major: 254, minor: 0 },
       take(bytes) {

@@ -1,11 +1,11 @@
 // The engine conformance suite against the real veeamsnap module, inside the VM.
-import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { VeeamsnapEngine } from '../../src/engine/veeamsnap';
 import { queryBlockDevice } from '../../src/native/blockdev';
 import { engineConformance, type ConformanceTarget, type TestDisk } from '../engine/conformance';
+import { readFile, writeDisk } from '../snapshots/helpers/env';
 import { guestDisks, veeamsnapLoaded, vmSkipReason } from './run';
 
 const skip = vmSkipReason() || (veeamsnapLoaded() ? false : 'VEEAMSNAP_KO not set: no module to test');
@@ -26,26 +26,9 @@ engineConformance('veeamsnap', async (): Promise<ConformanceTarget> => {
       await engine.start();
       return engine;
     },
-    async writeDisk(disk, offset, data) {
-      // Buffered, then flushed: the module sees the writes when they reach the block layer.
-      const fd = fs.openSync(disk.path, 'r+');
-      try {
-        fs.writeSync(fd, data, 0, data.length, offset);
-        fs.fsyncSync(fd);
-      } finally {
-        fs.closeSync(fd);
-      }
-    },
-    async readDisk(disk, offset, length) {
-      const fd = fs.openSync(disk.path, 'r');
-      try {
-        const buffer = Buffer.alloc(length);
-        fs.readSync(fd, buffer, 0, length, offset);
-        return buffer;
-      } finally {
-        fs.closeSync(fd);
-      }
-    },
+    // Buffered, then flushed: the module sees the writes when they reach the block layer.
+    writeDisk: async (disk, offset, data) => writeDisk(disk.path, offset, data),
+    readDisk: async (disk, offset, length) => readFile(disk.path, offset, length),
     storage: {
       device: { major: storeInfo.major, minor: storeInfo.minor },
       // Ranges go round the store disk: by the time they come back, their snapstore is gone.

@@ -1,0 +1,92 @@
+// A whole agent on the simulated engine in a temporary directory, and an HTTPS client with the
+// client certificate: what the end-to-end tests drive.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import https from 'node:https';
+import os from 'node:os';
+import path from 'node:path';
+import { startAgent, type RunningAgent } from '../../src/agent';
+import { generateCertificates } from '../../src/certs';
+import { parseConfig } from '../../src/config';
+import { writeDemoDisk } from '../../src/demo';
+import { silentLogger } from '../../src/log';
+
+const MiB = 1024 * 1024;
+
+export interface E2eAgent {
+  dir: string;
+  agent: RunningAgent;
+  disks: string[];
+  certs: string;
+  request(method: string, route: string, options?: { body?: unknown; headers?: Record<string, string> }): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }>;
+  json<T = unknown>(method: string, route: string, body?: unknown): Promise<T>;
+  stop(): Promise<void>;
+}
+
+export async function startE2eAgent(options: { disks?: number; diskSize?: number } = {}): Promise<E2eAgent> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'csa-e2e-'));
+  const certs = path.join(dir, 'certs');
+  await generateCertificates({ outDir: certs });
+  fs.mkdirSync(path.join(dir, 'snapstores'));
+  const disks = Array.from({ length: options.disks ?? 2 }, (_, i) => {
+    const file = path.join(dir, `disk${i}.img`);
+    writeDemoDisk(file, options.diskSize ?? 64 * MiB, i);
+    return file;
+  });
+  const q = JSON.stringify;
+  const config = parseConfig(`
+engine = "simulated"
+database_file = ${q(path.join(dir, 'agent.db'))}
+snapstore_destinations = [${q(path.join(dir, 'snapstores'))}]
+auto_init_physical_disks = true
+snap_store_file_size = ${16 * MiB}
+${disks.map((d) => `[[snapstore_mapping]]\ndevice = ${q(path.basename(d, '.img'))}\nlocation = ${q(path.join(dir, 'snapstores'))}\n`).join('')}
+[api]
+bind = "127.0.0.1"
+port = 1
+[api.tls]
+certificate = ${q(path.join(certs, 'server-cert.pem'))}
+key = ${q(path.join(certs, 'server-key.pem'))}
+ca_certificate = ${q(path.join(certs, 'ca-cert.pem'))}
+[simulated]
+disks = [${disks.map((d) => q(d)).join(', ')}]
+image_dir = ${q(path.join(dir, 'engine'))}
+`, path.join(dir, 'config.toml'));
+  // Free ports, chosen by the kernel.
+  config.api.port = 0;
+  config.nbd.port = 0;
+  const agent = await startAgent(config, silentLogger());
+  const tls = {
+    ca: fs.readFileSync(path.join(certs, 'ca-cert.pem')),
+    cert: fs.readFileSync(path.join(certs, 'client-cert.pem')),
+    key: fs.readFileSync(path.join(certs, 'client-key.pem')),
+  };
+  const httpsAgent = new https.Agent({ ...tls, keepAlive: true, maxSockets: 8 });
+  const request: E2eAgent['request'] = (method, route, opts = {}) => new Promise((resolve, reject) => {
+    const payload = opts.body === undefined ? undefined : Buffer.from(JSON.stringify(opts.body));
+    const req = https.request(`${agent.apiUrl}${route}`, {
+      method, agent: httpsAgent,
+      headers: { ...(payload ? { 'content-type': 'application/json', 'content-length': String(payload.length) } : {}), ...opts.headers },
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks) }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(payload);
+  });
+  return {
+    dir, agent, disks, certs, request,
+    async json(method, route, body) {
+      const res = await request(method, route, { body });
+      if (res.status !== 200) throw new Error(`${method} ${route}: ${res.status} ${res.body.toString()}`);
+      return (res.body.length > 0 ? JSON.parse(res.body.toString()) : undefined) as never;
+    },
+    async stop() {
+      httpsAgent.destroy();
+      await agent.stop();
+      await fsp.rm(dir, { recursive: true, force: true });
+    },
+  };
+}
