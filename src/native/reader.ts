@@ -1,0 +1,105 @@
+// Typed facade over the addon's direct reader: O_DIRECT reads of any byte range of a block
+// device or regular file, answered with buffers that point into pooled aligned memory.
+import { binding } from './binding';
+import type { BlockDeviceInfo } from './blockdev';
+import { checkByteCount, checkPath } from './validate';
+
+/** Longest single read; longer ones reject before reaching the addon. */
+export const MAX_READ_LENGTH = 64 * 1024 * 1024;
+
+interface NativeReaderHandle {
+  open(): Promise<BlockDeviceInfo>;
+  read(offset: number, length: number): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+const NativeReaderHandle: new (path: string) => NativeReaderHandle = binding.DirectReaderHandle;
+
+export class DirectReader {
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly handle: NativeReaderHandle,
+    readonly path: string,
+    private readonly geometry: BlockDeviceInfo,
+  ) {}
+
+  /** Opens `path` read-only with O_DIRECT; rejects with code ENOENT, EISDIR, ENOTBLK, EINVAL… */
+  static async open(path: string): Promise<DirectReader> {
+    checkPath(path);
+    const handle = new NativeReaderHandle(path);
+    const geometry = await handle.open();
+    // A device's tail shorter than a logical block cannot be read with O_DIRECT (a loop device
+    // over a file whose size is not a multiple of its sector size has one): it is not offered.
+    if (geometry.kind === 'block') {
+      geometry.size -= geometry.size % geometry.logicalBlockSize;
+    }
+    return new DirectReader(handle, path, geometry);
+  }
+
+  get kind(): 'block' | 'file' { return this.geometry.kind; }
+  get size(): number { return this.geometry.size; }
+  /** The O_DIRECT offset alignment: BLKSSZGET for a device, STATX_DIOALIGN (else st_blksize) for a file. */
+  get logicalBlockSize(): number { return this.geometry.logicalBlockSize; }
+  get physicalBlockSize(): number { return this.geometry.physicalBlockSize; }
+
+  /**
+   * Exactly `length` bytes from `offset`. The buffer points into pooled memory that returns to
+   * the pool when the buffer is garbage collected. Rejects with code ERANGE past the end and
+   * ERR_READER_CLOSED once close() was called.
+   */
+  read(offset: number, length: number): Promise<Buffer> {
+    try {
+      checkByteCount(offset, 'offset');
+      checkByteCount(length, 'length');
+      if (length > MAX_READ_LENGTH) {
+        throw new RangeError(`length ${length} exceeds the maximum single read of ${MAX_READ_LENGTH} bytes`);
+      }
+      if (offset + length > this.size) {
+        throw Object.assign(
+          new RangeError(`read of [${offset}, ${offset + length}) is past the end of ${this.path} (size ${this.size})`),
+          { code: 'ERANGE' },
+        );
+      }
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.handle.read(offset, length);
+  }
+
+  /** Waits for the reads in flight, then closes the descriptor. Later calls share the result. */
+  close(): Promise<void> {
+    this.closing ??= this.handle.close();
+    return this.closing;
+  }
+}
+
+export interface ReaderPoolStats {
+  /** Chunks held by live buffers (a chunk may be larger than the bytes its buffer shows). */
+  buffersInUse: number;
+  bytesInUse: number;
+  /** Chunks kept for reuse. */
+  buffersPooled: number;
+  bytesPooled: number;
+}
+
+export function readerPoolStats(): ReaderPoolStats {
+  return binding.readerPoolStats();
+}
+
+export interface ReaderPoolOptions {
+  /** Threads that run the preads; 8 unless set. */
+  ioThreads?: number;
+  /** Memory kept for reuse once buffers are collected, 128 MiB unless set; beyond it the chunks released longest ago are freed. */
+  maxPooledBytes?: number;
+}
+
+export function configureReaderPool(options: ReaderPoolOptions): void {
+  if (options.ioThreads !== undefined) {
+    checkByteCount(options.ioThreads, 'ioThreads');
+    if (options.ioThreads < 1 || options.ioThreads > 256) throw new RangeError('ioThreads must be between 1 and 256');
+  }
+  if (options.maxPooledBytes !== undefined) checkByteCount(options.maxPooledBytes, 'maxPooledBytes');
+  if (options.ioThreads !== undefined) binding.setReaderIoThreads(options.ioThreads);
+  if (options.maxPooledBytes !== undefined) binding.setReaderMaxPooledBytes(options.maxPooledBytes);
+}
