@@ -20,10 +20,11 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { queryBlockDevice } from '../native/blockdev';
+import { fileLayout, queryBlockDevice } from '../native/blockdev';
 import { DirectReader } from '../native/reader';
 import { SerialQueue } from '../serial';
 import { EngineError } from './errors';
+import { spansThatMayDiffer } from './layout';
 import type {
   ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,
   SnapstoreEvent, SnapstoreOptions, TrackerInfo,
@@ -115,24 +116,45 @@ async function copyPointInTime(source: string, target: string): Promise<void> {
   await execFileAsync('cp', ['--reflink=auto', '--sparse=always', source, target]);
 }
 
-/** Calls `visit(index)` for every `blockSize` block whose content differs between the two files. */
+/** The spans of two files that need reading to compare them: all of it when a map is unavailable. */
+async function spansToCompare(a: string, b: string, size: number): Promise<Array<[number, number]>> {
+  try {
+    return spansThatMayDiffer(await fileLayout(a), await fileLayout(b), size);
+  } catch {
+    // A block device or a filesystem without FIEMAP: read everything.
+    return [[0, size]];
+  }
+}
+
+/**
+ * Calls `visit(index)` for every `blockSize` block whose content differs between the two
+ * files. Only spans their extent maps do not prove equal are read, so holes and reflinked
+ * extents cost nothing.
+ */
 async function forEachDifferentBlock(a: string, b: string, size: number, blockSize: number,
   visit: (index: number) => void): Promise<void> {
+  const spans = await spansToCompare(a, b, size);
   const [fa, fb] = await Promise.all([fsp.open(a, 'r'), fsp.open(b, 'r')]);
   try {
     const chunk = Math.max(blockSize, COMPARE_CHUNK - (COMPARE_CHUNK % blockSize));
     const bufA = Buffer.allocUnsafe(chunk);
     const bufB = Buffer.allocUnsafe(chunk);
-    for (let offset = 0; offset < size; offset += chunk) {
-      const length = Math.min(chunk, size - offset);
-      const [ra, rb] = await Promise.all([fa.read(bufA, 0, length, offset), fb.read(bufB, 0, length, offset)]);
-      // Past the end of a shorter file reads as zeros, as a grown disk's new space does.
-      bufA.fill(0, ra.bytesRead, length);
-      bufB.fill(0, rb.bytesRead, length);
-      for (let start = 0; start < length; start += blockSize) {
-        const end = Math.min(start + blockSize, length);
-        if (bufA.compare(bufB, start, end, start, end) !== 0) visit((offset + start) / blockSize);
+    let compared = 0; // blocks before this offset are done
+    for (const [spanStart, spanEnd] of spans) {
+      const first = Math.max(compared, Math.floor(spanStart / blockSize) * blockSize);
+      const last = Math.min(size, Math.ceil(spanEnd / blockSize) * blockSize);
+      for (let offset = first; offset < last; offset += chunk) {
+        const length = Math.min(chunk, last - offset);
+        const [ra, rb] = await Promise.all([fa.read(bufA, 0, length, offset), fb.read(bufB, 0, length, offset)]);
+        // Past the end of a shorter file reads as zeros, as a grown disk's new space does.
+        bufA.fill(0, ra.bytesRead, length);
+        bufB.fill(0, rb.bytesRead, length);
+        for (let start = 0; start < length; start += blockSize) {
+          const end = Math.min(start + blockSize, length);
+          if (bufA.compare(bufB, start, end, start, end) !== 0) visit((offset + start) / blockSize);
+        }
       }
+      compared = Math.max(compared, last);
     }
   } finally {
     await Promise.all([fa.close(), fb.close()]);

@@ -106,6 +106,27 @@ export async function fileExtents(path: string): Promise<FileExtents> {
   return { device: { major, minor }, ranges };
 }
 
+/** Where `length` bytes of a file from `logical` are on its device; physical is null when unknown. */
+export interface FileExtent {
+  logical: number;
+  physical: number | null;
+  length: number;
+}
+
+/**
+ * A file's data extents in file order, as FIEMAP reports them: holes are the gaps. Two files
+ * whose extents at the same offset share a physical address share those bytes (a reflink).
+ */
+export async function fileLayout(path: string): Promise<FileExtent[]> {
+  checkPath(path);
+  const mapped: { extents: NativeExtent[] } = await binding.fileExtents(path);
+  return mapped.extents.map(({ logical, physical, length, flags }) => ({
+    logical,
+    physical: UNMAPPABLE_FLAGS.some((name) => (flags & fiemapFlags[name]!) !== 0) ? null : physical,
+    length,
+  }));
+}
+
 export interface FsStats {
   totalBytes: number;
   freeBytes: number;
