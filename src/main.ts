@@ -5,6 +5,8 @@ import { parseArgs } from 'node:util';
 import { ConfigError, DEFAULT_CONFIG_FILE, loadConfig } from './config';
 import { createLogger } from './log';
 import { runAgent } from './agent';
+import { genCertsCommand } from './certs';
+import { demoCommand } from './demo';
 import { VERSION } from './version';
 
 const USAGE = `coriolis-snapshot-agent ${VERSION}
@@ -13,6 +15,11 @@ blocks that change between snapshots, and serves each snapshot over HTTPS and NB
 
 Usage:
   coriolis-snapshot-agent serve [--config FILE]   run the agent (default config: ${DEFAULT_CONFIG_FILE})
+  coriolis-snapshot-agent demo --dir DIR [--api-port N] [--nbd-port N] [--disks N] [--disk-size SIZE]
+                                                  run the agent on disk files with the simulated
+                                                  engine: no kernel module needed
+  coriolis-snapshot-agent gen-certs --out DIR [--hosts h1,h2] [--force]
+                                                  write a CA, a server and a client certificate
   coriolis-snapshot-agent check-config [--config FILE]
                                                   validate a config file and exit
   coriolis-snapshot-agent version                 print the version
@@ -36,6 +43,8 @@ const commands: Record<string, Command> = {
     const log = createLogger({ logFile: config.logFile });
     return runAgent(config, log);
   },
+  demo: demoCommand,
+  'gen-certs': genCertsCommand,
   async 'check-config'(args) {
     const config = loadConfig(configOption(args));
     process.stdout.write(`${config.file}: OK (engine ${config.engine})\n`);

@@ -59,9 +59,14 @@ export class DiskWatcher extends EventEmitter {
     const disks = await this.options.source.list(this.options.list);
     this.known = new Map(disks.map((disk) => [diskKey(disk), disk]));
     const mode = this.options.mode ?? 'auto';
-    if (mode === 'udev' || (mode === 'auto' && fs.existsSync(UDEV_CONTROL))) this.watchUevents();
-    else this.poll();
-    return disks;
+    if (mode === 'udev' || (mode === 'auto' && fs.existsSync(UDEV_CONTROL))) {
+      await this.watchUevents();
+      // Changes between the listing above and the monitor's subscription sent no event we saw.
+      await this.check();
+    } else {
+      this.poll();
+    }
+    return [...this.known.values()];
   }
 
   async stop(): Promise<void> {
@@ -123,12 +128,25 @@ export class DiskWatcher extends EventEmitter {
     }, this.options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS);
   }
 
-  /** One check per burst of uevents; falls back to polling if udevadm is missing or dies. */
-  private watchUevents(): void {
+  /**
+   * One check per burst of uevents; falls back to polling if udevadm is missing or dies.
+   * Resolves once udevadm is listening (it prints a banner first) or polling took over.
+   */
+  private watchUevents(): Promise<void> {
     const child = spawn('udevadm', ['monitor', '--kernel', '--subsystem-match=block'], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
     const settleMs = this.options.settleMs ?? DEFAULT_SETTLE_MS;
+    let listening: () => void = () => undefined;
+    const ready = new Promise<void>((resolve) => {
+      // Never wait forever on a banner that a future udevadm might not print.
+      const giveUp = setTimeout(resolve, 2000);
+      listening = () => {
+        clearTimeout(giveUp);
+        resolve();
+      };
+    });
     readline.createInterface({ input: child.stdout }).on('line', (line) => {
+      listening();
       if (!line.startsWith('KERNEL[') || this.stopped) return;
       if (this.timer !== null) clearTimeout(this.timer);
       this.timer = setTimeout(() => {
@@ -138,6 +156,7 @@ export class DiskWatcher extends EventEmitter {
     });
     child.stderr.resume();
     const fallBack = (reason: unknown): void => {
+      listening();
       if (this.stopped || this.child !== child) return;
       this.child = null;
       if (this.timer !== null) clearTimeout(this.timer);
@@ -146,5 +165,6 @@ export class DiskWatcher extends EventEmitter {
     };
     child.on('error', fallBack);
     child.on('exit', (code, signal) => fallBack(`udevadm monitor exited (${signal ?? code})`));
+    return ready;
   }
 }

@@ -1,0 +1,79 @@
+// Metadata contexts an export offers to NBD_CMD_BLOCK_STATUS:
+//
+// - base:allocation: every byte of a snapshot image is allocated data, so every extent has
+//   flags 0 (never a hole, contents not known to be zero), which is always correct.
+// - qemu:dirty-bitmap:since-<p>, for each earlier snapshot p = 1..n-1 of the export's CBT
+//   generation (n being the export's own snapshot number): flag 1 (dirty) on the blocks
+//   changed after snapshot p, i.e. whose CBT stamp s has p < s <= n. The CBT block is the
+//   granularity; a block past the end of the map counts as dirty, since nothing proves it clean.
+import type { Export } from '../exports/types';
+import {
+  BASE_ALLOCATION_CONTEXT, BASE_NAMESPACE, DirtyState, MAX_EXTENTS_PER_CHUNK, QEMU_DIRTY_BITMAP_PREFIX, QEMU_NAMESPACE,
+  type Extent,
+} from './wire';
+
+const SINCE_PREFIX = `${QEMU_DIRTY_BITMAP_PREFIX}since-`;
+
+export type MetaContext =
+  | { name: string; kind: 'allocation' }
+  | { name: string; kind: 'dirty'; sinceSnapshot: number };
+
+/** Every context of the export, base:allocation first, then the bitmaps oldest first. */
+export function exportContexts(exported: Export): MetaContext[] {
+  const contexts: MetaContext[] = [{ name: BASE_ALLOCATION_CONTEXT, kind: 'allocation' }];
+  for (let since = 1; since < exported.cbt.snapshotNumber; since++) {
+    contexts.push({ name: `${SINCE_PREFIX}${since}`, kind: 'dirty', sinceSnapshot: since });
+  }
+  return contexts;
+}
+
+/**
+ * NBD_OPT_LIST_META_CONTEXT: all contexts for no query; otherwise those a query names exactly
+ * or covers as a namespace wildcard ("base:", "qemu:", "qemu:dirty-bitmap:"). Queries of other
+ * namespaces match nothing, as the protocol requires.
+ */
+export function listContexts(exported: Export, queries: readonly string[]): MetaContext[] {
+  const all = exportContexts(exported);
+  if (queries.length === 0) return all;
+  const matches = (context: MetaContext, query: string): boolean =>
+    context.name === query ||
+    (query === BASE_NAMESPACE && context.kind === 'allocation') ||
+    ((query === QEMU_NAMESPACE || query === QEMU_DIRTY_BITMAP_PREFIX) && context.kind === 'dirty');
+  return all.filter((context) => queries.some((query) => matches(context, query)));
+}
+
+/** NBD_OPT_SET_META_CONTEXT: only exact names select; wildcards and unknown names are ignored. */
+export function selectContexts(exported: Export, queries: readonly string[]): MetaContext[] {
+  return exportContexts(exported).filter((context) => queries.includes(context.name));
+}
+
+/**
+ * The extents of [offset, offset + length) in one context; the caller has checked that the
+ * range lies within the export and is not empty. At most `maxExtents` descriptors, each within
+ * the range, so a REQ_ONE reply (maxExtents 1) never exceeds the request.
+ */
+export function contextExtents(context: MetaContext, exported: Export, offset: number, length: number,
+  maxExtents = MAX_EXTENTS_PER_CHUNK): Extent[] {
+  if (context.kind === 'allocation') return [{ length, flags: 0 }];
+  return dirtyExtents(exported, context.sinceSnapshot, offset, offset + length, maxExtents);
+}
+
+function dirtyExtents(exported: Export, since: number, start: number, end: number, maxExtents: number): Extent[] {
+  const { map, blockSize, snapshotNumber } = exported.cbt;
+  const isDirty = (block: number): boolean => {
+    if (block >= map.length) return true;
+    const stamp = map[block]!;
+    return stamp > since && stamp <= snapshotNumber;
+  };
+  const extents: Extent[] = [];
+  let position = start;
+  while (position < end && extents.length < maxExtents) {
+    let block = Math.floor(position / blockSize);
+    const dirty = isDirty(block);
+    do block++; while (block * blockSize < end && isDirty(block) === dirty);
+    const stop = Math.min(block * blockSize, end);
+    extents.push({ length: stop - position, flags: dirty ? DirtyState.DIRTY : 0 });
+    position = stop;
+  }
+  return extents;
+}

@@ -1,0 +1,401 @@
+// The NBD transmission phase: requests in, replies out, several in flight and answered in the
+// order they complete (the protocol allows it). Every export is read-only.
+//
+// Read data goes from the image reader to the socket without a copy: the reply header and the
+// reader's buffer are written corked, as one writev. A simple reply cannot report an error once
+// its header is out, so the whole read completes before anything is sent; structured replies use
+// the same path (one OFFSET_DATA chunk per read), which also honours "don't fragment" for free.
+// Reads of adjacent ranges that arrive together (a sequential copy keeps dozens in flight) are
+// read from the image as one, and each reply gets its slice: disks do better with fewer, larger
+// requests.
+//
+// Memory is bounded per connection: requests stop being read while too many reads are in flight
+// or too many reply bytes wait in the socket, and resume as the client takes its replies.
+import type net from 'node:net';
+import type { ImageReader } from '../engine/types';
+import type { Logger } from '../log';
+import { contextExtents } from './contexts';
+import { closeGently, type Session } from './handshake';
+import {
+  Command, CommandFlag, decodeRequest, encodeBlockStatusChunk, encodeErrorChunk, encodeNoneChunk, encodeOffsetDataHeader,
+  encodeSimpleReply, MAX_EXTENTS_PER_CHUNK, MAX_PAYLOAD, NbdError, ReplyFlag, REQUEST_LENGTH, REQUEST_MAGIC,
+  type Request,
+} from './wire';
+
+/** Read bytes in progress or waiting in the socket before the connection stops taking requests. */
+const MAX_PENDING_BYTES = 64 * 1024 * 1024;
+const MAX_PENDING_REQUESTS = 128;
+/** Adjacent reads are merged up to this size (larger requests stopped paying off on the disks measured). */
+const MAX_MERGED_READ = 2 * 1024 * 1024;
+/** A client that takes none of its replies for this long has gone away without saying so. */
+const STALL_TIMEOUT_MS = 60_000;
+/** After a shutdown, how long new requests still get ESHUTDOWN before the connection is closed. */
+const SHUTDOWN_GRACE_MS = 1000;
+
+export interface TransmissionSettings {
+  log: Logger;
+  /** Close a connection with no request in flight and no traffic for this long; 0 = never. */
+  idleTimeoutMs: number;
+}
+
+interface RequestError {
+  error: number;
+  message: string;
+}
+
+interface PendingRead {
+  request: Request;
+  /** Set once a reply went out early (ESHUTDOWN): the data is dropped when it arrives. */
+  answered: boolean;
+}
+
+const WRITE_COMMANDS = new Set<number>([Command.WRITE, Command.TRIM, Command.WRITE_ZEROES]);
+const SERVED_COMMANDS = new Set<number>([Command.READ, Command.CACHE, Command.BLOCK_STATUS]);
+
+/** Why a request cannot be served, or null when it can. Checked before anything is dispatched. */
+function checkRequest(request: Request, session: Session): RequestError | null {
+  const { type, flags, offset, length } = request;
+  if (WRITE_COMMANDS.has(type)) return { error: NbdError.EPERM, message: 'the export is read-only' };
+  if (!SERVED_COMMANDS.has(type)) {
+    const why = type === Command.FLUSH ? 'NBD_CMD_FLUSH is not offered on a read-only export' : `command ${type} is not supported`;
+    return { error: NbdError.EINVAL, message: why };
+  }
+  const allowedFlags = type === Command.READ ? (session.structuredReplies ? CommandFlag.DF : 0)
+    : type === Command.BLOCK_STATUS ? CommandFlag.REQ_ONE : 0;
+  if ((flags & ~allowedFlags) !== 0) {
+    return { error: NbdError.EINVAL, message: `command flags 0x${flags.toString(16)} are not valid for command ${type}` };
+  }
+  const size = session.export.sizeBytes;
+  if (offset > size || length > size - offset) {
+    return { error: NbdError.EINVAL, message: `range [${offset}, ${offset + length}) is past the end of the export (${size} bytes)` };
+  }
+  if (type === Command.READ && length > MAX_PAYLOAD) {
+    return { error: NbdError.EINVAL, message: `a read of ${length} bytes exceeds the maximum payload of ${MAX_PAYLOAD}` };
+  }
+  if (session.blockSizeAgreed) {
+    // The export's unaligned tail, if any, stays reachable: a request may end at the export's end.
+    const { minimum } = session.blockSize;
+    if (offset % minimum !== 0 || (length % minimum !== 0 && offset + length !== size)) {
+      return { error: NbdError.EINVAL, message: `range [${offset}, ${offset + length}) is not aligned to the minimum block size ${minimum}` };
+    }
+  }
+  if (type === Command.BLOCK_STATUS) {
+    if (!session.structuredReplies) return { error: NbdError.EINVAL, message: 'block status needs structured replies' };
+    if (session.contexts.length === 0) return { error: NbdError.EINVAL, message: 'no metadata context was selected' };
+    if (length === 0) return { error: NbdError.EINVAL, message: 'block status of an empty range' };
+  }
+  return null;
+}
+
+/** The NBD error for a failed read of the image. */
+function readError(err: unknown): number {
+  return (err as NodeJS.ErrnoException)?.code === 'ERR_READER_CLOSED' ? NbdError.ESHUTDOWN : NbdError.EIO;
+}
+
+export class Transmission {
+  /** Resolves when the socket has closed; reads may still be running (closing the reader waits for them). */
+  readonly done: Promise<void>;
+
+  private readonly socket: net.Socket;
+  private readonly reader: ImageReader | null;
+  private input: Buffer | null = null;
+  /** Bytes of a refused write's payload still to skip. */
+  private discarding = 0;
+  private readonly pending = new Set<PendingRead>();
+  private pendingBytes = 0;
+  /** Adjacent reads of the current burst of requests, not yet started. */
+  private run: PendingRead[] = [];
+  private runBytes = 0;
+  /** Requests are not being read because too much is in flight. */
+  private held = false;
+  /** No more requests are read: DISC, end of input or a framing error. */
+  private stopped = false;
+  private closed = false;
+  private failure: string | null;
+  private shutdownReason: string | null = null;
+  private shutdownTimer: NodeJS.Timeout | null = null;
+  private readonly idleTimer: NodeJS.Timeout | null;
+  private readsServed = 0;
+  private bytesServed = 0;
+
+  constructor(private readonly session: Session, private readonly settings: TransmissionSettings) {
+    this.socket = session.socket;
+    this.reader = session.reader;
+    this.failure = session.export.failure;
+    this.done = new Promise((resolve) => {
+      this.socket.once('close', () => {
+        this.closed = true;
+        if (this.shutdownTimer !== null) clearTimeout(this.shutdownTimer);
+        if (this.idleTimer !== null) clearTimeout(this.idleTimer);
+        settings.log.info({ reads: this.readsServed, bytes: this.bytesServed }, 'NBD connection closed');
+        resolve();
+      });
+    });
+    this.socket.on('error', (err) => settings.log.debug({ err: err.message }, 'NBD socket error'));
+    this.socket.on('data', this.onData);
+    this.socket.on('end', () => this.stop('the client closed its side'));
+    this.socket.on('drain', () => this.resumeIfRoom());
+    this.socket.setTimeout(STALL_TIMEOUT_MS);
+    this.socket.on('timeout', () => this.onStall());
+    this.idleTimer = settings.idleTimeoutMs > 0 ? setTimeout(() => this.onIdle(), settings.idleTimeoutMs) : null;
+    // The handshake read the socket in paused mode; bytes it did not consume are delivered now.
+    this.socket.resume();
+  }
+
+  /** The export's snapshot failed: reads answer EIO from now on, block status goes on. */
+  exportFailed(reason: string): void {
+    this.failure = reason;
+    this.settings.log.info({ reason }, 'export failed: reads now answer EIO');
+  }
+
+  /**
+   * The export is going away (or the server is): requests waiting for data and any that arrive
+   * in the next moment are answered ESHUTDOWN, then the connection is closed.
+   */
+  shutDown(reason: string): void {
+    if (this.shutdownReason !== null || this.closed) return;
+    this.shutdownReason = reason;
+    this.settings.log.info({ reason }, 'shutting the NBD connection down');
+    for (const entry of this.pending) {
+      if (!entry.answered) {
+        entry.answered = true;
+        this.replyError(entry.request, NbdError.ESHUTDOWN, reason);
+      }
+    }
+    this.shutdownTimer = setTimeout(() => this.stop(reason), SHUTDOWN_GRACE_MS);
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.stopped) return;
+    this.idleTimer?.refresh();
+    if (this.discarding > 0) {
+      const skipped = Math.min(this.discarding, chunk.length);
+      this.discarding -= skipped;
+      if (skipped === chunk.length) return;
+      chunk = chunk.subarray(skipped);
+    }
+    this.input = this.input === null ? chunk : Buffer.concat([this.input, chunk]);
+    this.processInput();
+  };
+
+  private processInput(): void {
+    const input = this.input;
+    if (input === null) return;
+    let at = 0;
+    while (!this.stopped && input.length - at >= REQUEST_LENGTH) {
+      const request = decodeRequest(input, at);
+      if (request.magic !== REQUEST_MAGIC) {
+        this.settings.log.info({ magic: request.magic.toString(16) }, 'bad NBD request magic: closing the connection');
+        this.stop('bad request magic');
+        break;
+      }
+      if (this.mustWait(request)) {
+        this.held = true;
+        this.socket.pause();
+        break;
+      }
+      at += REQUEST_LENGTH;
+      if (request.type === Command.WRITE) {
+        const inHand = Math.min(request.length, input.length - at);
+        at += inHand;
+        this.discarding = request.length - inHand;
+      }
+      this.handle(request);
+    }
+    this.input = at >= input.length || this.stopped ? null : input.subarray(at);
+    this.startRun();
+  }
+
+  private mustWait(request: Request): boolean {
+    if (this.pending.size >= MAX_PENDING_REQUESTS) return true;
+    const load = this.pendingBytes + this.socket.writableLength;
+    const cost = request.type === Command.READ ? request.length : 0;
+    // One request always goes when nothing is pending, however large it is.
+    return load > 0 && load + cost > MAX_PENDING_BYTES;
+  }
+
+  private resumeIfRoom(): void {
+    if (!this.held || this.stopped || this.closed) return;
+    this.held = false;
+    this.processInput();
+    if (!this.held && !this.stopped) this.socket.resume();
+  }
+
+  private handle(request: Request): void {
+    if (request.type === Command.DISC) {
+      this.stop('the client disconnected (NBD_CMD_DISC)');
+      return;
+    }
+    if (this.shutdownReason !== null) {
+      this.replyError(request, NbdError.ESHUTDOWN, this.shutdownReason);
+      return;
+    }
+    const refusal = checkRequest(request, this.session);
+    if (refusal !== null) {
+      this.settings.log.debug({ type: request.type, offset: request.offset, length: request.length, error: refusal.message }, 'NBD request refused');
+      this.replyError(request, refusal.error, refusal.message);
+      return;
+    }
+    switch (request.type) {
+      case Command.READ:
+        this.read(request);
+        break;
+      case Command.BLOCK_STATUS:
+        this.blockStatus(request);
+        break;
+      case Command.CACHE:
+        // A hint; the reader keeps no cache worth warming.
+        this.replyDone(request);
+        break;
+    }
+  }
+
+  /** Accepts a read: it joins the run of adjacent reads, which starts at the end of the burst. */
+  private read(request: Request): void {
+    const entry: PendingRead = { request, answered: false };
+    this.pending.add(entry);
+    this.pendingBytes += request.length;
+    const last = this.run.at(-1)?.request;
+    const adjacent = last !== undefined && last.offset + last.length === request.offset;
+    if (!adjacent || this.runBytes + request.length > MAX_MERGED_READ) this.startRun();
+    this.run.push(entry);
+    this.runBytes += request.length;
+  }
+
+  /** Reads the current run from the image at once and answers each request with its slice. */
+  private startRun(): void {
+    const run = this.run;
+    if (run.length === 0) return;
+    this.run = [];
+    this.runBytes = 0;
+    if (run.length === 1 || this.failure !== null || this.reader === null) {
+      for (const entry of run) this.readAlone(entry);
+      return;
+    }
+    const start = run[0]!.request.offset;
+    const last = run.at(-1)!.request;
+    this.reader.read(start, last.offset + last.length - start).then(
+      (data) => {
+        for (const entry of run) {
+          const from = entry.request.offset - start;
+          this.finishRead(entry, data.subarray(from, from + entry.request.length), null);
+        }
+      },
+      // Each request on its own, so an error reaches exactly the requests whose bytes are bad.
+      () => { for (const entry of run) this.readAlone(entry); },
+    );
+  }
+
+  private readAlone(entry: PendingRead): void {
+    const { request } = entry;
+    let reading: Promise<Buffer>;
+    if (this.failure !== null || this.reader === null) {
+      reading = Promise.reject(this.snapshotFailure());
+    } else {
+      reading = request.length === 0 ? Promise.resolve(Buffer.alloc(0)) : this.reader.read(request.offset, request.length);
+    }
+    reading.then((data) => this.finishRead(entry, data, null), (err: unknown) => this.finishRead(entry, null, err));
+  }
+
+  private finishRead(entry: PendingRead, data: Buffer | null, err: unknown): void {
+    this.pending.delete(entry);
+    this.pendingBytes -= entry.request.length;
+    this.idleTimer?.refresh();
+    if (!entry.answered && !this.closed) {
+      // Data read before the failure was noticed may already be the corrupted kind.
+      if (data !== null && this.failure !== null) {
+        data = null;
+        err = this.snapshotFailure();
+      }
+      if (data !== null) {
+        this.sendData(entry.request, data);
+      } else {
+        const { request } = entry;
+        const message = (err as Error)?.message ?? String(err);
+        if (this.failure === null) this.settings.log.warn({ offset: request.offset, length: request.length, err: message }, 'NBD read failed');
+        this.replyError(request, readError(err), message);
+      }
+    }
+    if (this.stopped) this.closeWhenAnswered();
+    else this.resumeIfRoom();
+  }
+
+  private snapshotFailure(): Error {
+    return Object.assign(new Error(`the snapshot failed: ${this.failure ?? 'its image cannot be opened'}`), { code: 'EIO' });
+  }
+
+  private sendData(request: Request, data: Buffer): void {
+    if (!this.writable()) return;
+    this.readsServed++;
+    this.bytesServed += data.length;
+    const header = this.session.structuredReplies
+      ? (data.length === 0 ? encodeNoneChunk(request.cookie) : encodeOffsetDataHeader(request.cookie, ReplyFlag.DONE, request.offset, data.length))
+      : encodeSimpleReply(request.cookie, 0);
+    if (data.length === 0) {
+      this.socket.write(header);
+      return;
+    }
+    this.socket.cork();
+    this.socket.write(header);
+    this.socket.write(data);
+    this.socket.uncork();
+  }
+
+  private blockStatus(request: Request): void {
+    if (!this.writable()) return;
+    const { contexts } = this.session;
+    const maxExtents = (request.flags & CommandFlag.REQ_ONE) !== 0 ? 1 : MAX_EXTENTS_PER_CHUNK;
+    this.socket.cork();
+    contexts.forEach(({ id, context }, index) => {
+      const extents = contextExtents(context, this.session.export, request.offset, request.length, maxExtents);
+      const flags = index === contexts.length - 1 ? ReplyFlag.DONE : 0;
+      this.socket.write(encodeBlockStatusChunk(request.cookie, flags, id, extents));
+    });
+    this.socket.uncork();
+  }
+
+  private replyDone(request: Request): void {
+    if (!this.writable()) return;
+    this.socket.write(this.session.structuredReplies ? encodeNoneChunk(request.cookie) : encodeSimpleReply(request.cookie, 0));
+  }
+
+  private replyError(request: Request, error: number, message: string): void {
+    if (!this.writable()) return;
+    this.socket.write(this.session.structuredReplies ? encodeErrorChunk(request.cookie, error, message) : encodeSimpleReply(request.cookie, error));
+  }
+
+  private writable(): boolean {
+    return !this.closed && !this.socket.destroyed && !this.socket.writableEnded;
+  }
+
+  /** Reads no more requests; the connection closes once every pending request is answered. */
+  private stop(reason: string): void {
+    if (!this.stopped) this.settings.log.debug({ reason }, 'NBD connection stops taking requests');
+    this.stopped = true;
+    this.input = null;
+    this.socket.off('data', this.onData);
+    this.socket.pause();
+    this.closeWhenAnswered();
+  }
+
+  private closeWhenAnswered(): void {
+    for (const entry of this.pending) if (!entry.answered) return;
+    closeGently(this.socket);
+  }
+
+  /** No traffic either way for a while: only a problem when replies are stuck in the socket. */
+  private onStall(): void {
+    if (this.socket.writableLength === 0) return;
+    this.settings.log.info({ unsent: this.socket.writableLength }, 'NBD client stopped taking its replies: closing the connection');
+    this.socket.destroy();
+  }
+
+  private onIdle(): void {
+    if (this.pending.size > 0) {
+      this.idleTimer?.refresh();
+      return;
+    }
+    this.settings.log.info({ idleTimeoutMs: this.settings.idleTimeoutMs }, 'NBD connection idle: closing it');
+    this.stop('idle');
+  }
+}
