@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import toml from 'toml';
-import { parseClientMatcher } from './api/client-identity';
+import { parseClientMatcher } from './client-identity';
 
 export const DEFAULT_CONFIG_FILE = '/etc/coriolis-snapshot-agent/config.toml';
 export const DEFAULT_DATABASE_FILE = '/var/lib/coriolis-snapshot-agent/agent.db';

@@ -4,7 +4,7 @@ import Koa, { type Middleware } from 'koa';
 import type { Logger } from '../log';
 import type { AgentService } from '../service';
 import { DEFAULT_BODY_LIMIT } from './body';
-import { clientIdentity } from './client-identity';
+import { clientIdentity } from '../client-identity';
 import { ClientGoneError, DEFAULT_CONSUME_OPTIONS, type ConsumeOptions } from './consume';
 import { errorResponse, routeNotFound } from './errors';
 import { apiRouter } from './routes';

@@ -7,7 +7,7 @@ import https from 'node:https';
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from '../log';
-import { clientIdentity, matchesClient, parseClientMatcher, type ClientMatcher } from './client-identity';
+import { clientIdentity, matchesClient, parseClientMatcher, type ClientMatcher } from '../client-identity';
 
 export interface ApiTlsMaterial {
   /** PEM server certificate, optionally followed by its chain. */

@@ -8,7 +8,7 @@ import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import bunyan from 'bunyan';
 import { createApp } from '../../src/api/app';
-import { parseClientMatcher, matchesClient } from '../../src/api/client-identity';
+import { parseClientMatcher, matchesClient } from '../../src/client-identity';
 import { closeApiServer, createApiServer, listenApiServer, type ApiServerOptions } from '../../src/api/server';
 import { createCertificateAuthority, issueCertificate, type IssuedCertificate } from '../../src/certs';
 import { silentLogger } from '../../src/log';
