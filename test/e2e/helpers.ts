@@ -10,6 +10,7 @@ import { generateCertificates } from '../../src/certs';
 import { parseConfig } from '../../src/config';
 import { writeDemoDisk } from '../../src/demo';
 import { silentLogger } from '../../src/log';
+import { request as httpsRequest, type Response } from '../api/helpers/server';
 
 const MiB = 1024 * 1024;
 
@@ -18,7 +19,7 @@ export interface E2eAgent {
   agent: RunningAgent;
   disks: string[];
   certs: string;
-  request(method: string, route: string, options?: { body?: unknown; headers?: Record<string, string> }): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }>;
+  request(method: string, route: string, options?: { body?: unknown; headers?: Record<string, string> }): Promise<Response>;
   json<T = unknown>(method: string, route: string, body?: unknown): Promise<T>;
   stop(): Promise<void>;
 }
@@ -56,26 +57,18 @@ image_dir = ${q(path.join(dir, 'engine'))}
   config.api.port = 0;
   config.nbd.port = 0;
   const agent = await startAgent(config, silentLogger());
-  const tls = {
-    ca: fs.readFileSync(path.join(certs, 'ca-cert.pem')),
-    cert: fs.readFileSync(path.join(certs, 'client-cert.pem')),
-    key: fs.readFileSync(path.join(certs, 'client-key.pem')),
-  };
-  const httpsAgent = new https.Agent({ ...tls, keepAlive: true, maxSockets: 8 });
-  const request: E2eAgent['request'] = (method, route, opts = {}) => new Promise((resolve, reject) => {
-    const payload = opts.body === undefined ? undefined : Buffer.from(JSON.stringify(opts.body));
-    const req = https.request(`${agent.apiUrl}${route}`, {
-      method, agent: httpsAgent,
-      headers: { ...(payload ? { 'content-type': 'application/json', 'content-length': String(payload.length) } : {}), ...opts.headers },
-    }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
+  const read = (name: string): string => fs.readFileSync(path.join(certs, name), 'utf8');
+  const ca = read('ca-cert.pem');
+  const credentials = { cert: read('client-cert.pem'), key: read('client-key.pem') };
+  const httpsAgent = new https.Agent({ ca, ...credentials, keepAlive: true, maxSockets: 8 });
+  const { port, pathname } = new URL(agent.apiUrl);
+  const request: E2eAgent['request'] = (method, route, opts = {}) => {
+    const payload = opts.body === undefined ? undefined : JSON.stringify(opts.body);
+    return httpsRequest(Number(port), ca, `${pathname}${route}`, {
+      method, credentials, agent: httpsAgent, body: payload,
+      headers: { ...(payload ? { 'content-type': 'application/json' } : {}), ...opts.headers },
     });
-    req.on('error', reject);
-    req.end(payload);
-  });
+  };
   return {
     dir, agent, disks, certs, request,
     async json(method, route, body) {
