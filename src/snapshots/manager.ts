@@ -82,12 +82,13 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     const rows = this.state.snapshots();
     const kept = new Set(rows.filter((r) => r.state === 'ok' || r.state === 'failed').map((r) => r.engineHandle));
     // Kernel snapshots no finished row owns: a crash during create or delete left them.
-    for (const snapshot of await engine.listSnapshots()) {
+    const listed = await engine.listSnapshots();
+    for (const snapshot of listed) {
       if (kept.has(snapshot.handle)) continue;
       log.warn({ handle: snapshot.handle }, 'destroying a snapshot left by an interrupted operation');
       await this.destroyIgnoringGone(snapshot.handle);
     }
-    const known = new Set((await engine.listSnapshots()).map((s) => s.handle));
+    const known = new Set(listed.map((s) => s.handle));
     for (const row of rows) {
       if (row.state === 'creating' || row.state === 'deleting') {
         log.warn({ snapshot: row.id, state: row.state }, 'finishing an interrupted operation');
@@ -230,8 +231,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
 
   /** Destroys the kernel snapshot, releases its snapstores, then deletes files and rows. */
   private async dropSnapshot(row: SnapshotRow): Promise<void> {
-    const handle = row.engineHandle ?? this.state.snapshot(row.id)?.engineHandle ?? null;
-    if (handle !== null) await this.destroyIgnoringGone(handle);
+    if (row.engineHandle !== null) await this.destroyIgnoringGone(row.engineHandle);
     faultPoint('delete:destroyed');
     for (const store of this.state.snapstoresOf(row.id)) {
       const watcher = this.watchers.get(store.id);
@@ -269,7 +269,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   }
 
   async changes(snapshotId: string, diskId: string, request: ChangesRequest): Promise<SnapshotChanges> {
-    const volume = this.volumeOf(await this.getSnapshot(snapshotId), snapshotId, diskId);
+    const volume = this.volumeOf(await this.getSnapshot(snapshotId), diskId);
     const result = computeChanges({
       map: volume.cbtMap!, blockSize: volume.cbtBlockSize!, deviceSize: volume.sizeBytes!,
       generationId: volume.generationId!, snapshotNumber: volume.snapshotNumber!,
@@ -280,7 +280,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
 
   async openImage(snapshotId: string, diskId: string): Promise<ImageReader> {
     const snapshot = await this.getSnapshot(snapshotId);
-    const volume = this.volumeOf(snapshot, snapshotId, diskId);
+    const volume = this.volumeOf(snapshot, diskId);
     if (snapshot.state.status === 'failed') throw conflict(`snapshot ${snapshotId} has failed: ${snapshot.state.reason}`);
     const reader = await this.options.engine.openImage({
       original: device(volume.originalMajor, volume.originalMinor),
@@ -314,9 +314,9 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     }));
   }
 
-  private volumeOf(snapshot: Snapshot, snapshotId: string, diskId: string): VolumeRow {
-    const volume = snapshot.volumes.some((v) => v.trackedDiskId === diskId) ? this.state.volume(snapshotId, diskId) : undefined;
-    if (volume === undefined) throw notFound(`snapshot ${snapshotId} has no volume of disk ${diskId}`);
+  private volumeOf(snapshot: Snapshot, diskId: string): VolumeRow {
+    const volume = this.state.volume(snapshot.id, diskId);
+    if (volume === undefined) throw notFound(`snapshot ${snapshot.id} has no volume of disk ${diskId}`);
     return volume;
   }
 

@@ -85,9 +85,10 @@ describe('kernel nbd-client (VM)', { skip: skipReason() }, () => {
     await waitFor(() => deviceSize() === 0, `${DEVICE} to be released`, 30_000);
   }
 
-  it('attaches over TLS with client certificates, reads the image, detaches', async () => {
+  /** A server that requires TLS with the test certificates. */
+  function tlsServer(): ReturnType<typeof createNbdServer> {
     const pem = (file: string): string => fs.readFileSync(file, 'utf8');
-    const server = createNbdServer({
+    return createNbdServer({
       registry,
       log: silentLogger(),
       tls: { mode: 'require', certificate: pem(certs.serverCert), key: pem(certs.serverKey), caCertificate: pem(certs.caCert) },
@@ -97,6 +98,10 @@ describe('kernel nbd-client (VM)', { skip: skipReason() }, () => {
       // Everything is emulated in the VM: TLS handshakes take a while.
       handshakeTimeoutMs: 60_000,
     });
+  }
+
+  it('attaches over TLS with client certificates, reads the image, detaches', async () => {
+    const server = tlsServer();
     const { port } = await server.listen();
     try {
       await attachAndVerify(server, port, ['-certfile', certs.clientCert, '-keyfile', certs.clientKey, '-cacertfile', certs.caCert,
@@ -119,16 +124,7 @@ describe('kernel nbd-client (VM)', { skip: skipReason() }, () => {
   });
 
   it('refuses a kernel client that does not start TLS', async () => {
-    const pem = (file: string): string => fs.readFileSync(file, 'utf8');
-    const server = createNbdServer({
-      registry,
-      log: silentLogger(),
-      tls: { mode: 'require', certificate: pem(certs.serverCert), key: pem(certs.serverKey), caCertificate: pem(certs.caCert) },
-      bind: '127.0.0.1',
-      port: 0,
-      maxConnections: 4,
-      handshakeTimeoutMs: 60_000,
-    });
+    const server = tlsServer();
     const { port } = await server.listen();
     try {
       const plain = await run('nbd-client', ['127.0.0.1', String(port), DEVICE, '-N', EXPORT_NAME], { timeoutMs: 120_000 });
