@@ -69,16 +69,26 @@ interface Certificates {
   clientKey: string;
 }
 
-/** curl fetching the whole file as 10 MiB ranges, `parallel` transfers at a time, connections reused. */
+/**
+ * curl fetching the whole file as 10 MiB ranges, `parallel` transfers at a time, connections
+ * reused. Each range is its own operation (`next`): curl's `range` is not a per-URL option, so
+ * without it every URL would fetch the last range given. Operations do not inherit options, so
+ * each repeats the certificates; every transfer reports its size, and the total is checked.
+ */
 async function curlRanges(url: string, certs: Certificates, parallel: number, workDir: string): Promise<void> {
-  const lines: string[] = [];
+  const operations: string[] = [];
   for (let start = 0; start < SIZE; start += RANGE_BYTES) {
-    lines.push(`url = "${url}"`, `range = "${start}-${Math.min(start + RANGE_BYTES, SIZE) - 1}"`, 'output = "/dev/null"');
+    operations.push([
+      `cacert = "${certs.caCert}"`, `cert = "${certs.clientCert}"`, `key = "${certs.clientKey}"`,
+      `url = "${url}"`, `range = "${start}-${Math.min(start + RANGE_BYTES, SIZE) - 1}"`, 'output = "/dev/null"',
+      'fail', 'silent', 'show-error', 'write-out = "%{size_download}\\n"',
+    ].join('\n'));
   }
   const config = path.join(workDir, `curl-${parallel}.conf`);
-  fs.writeFileSync(config, lines.join('\n') + '\n');
-  await run('curl', ['-sS', '--fail', '--cacert', certs.caCert, '--cert', certs.clientCert, '--key', certs.clientKey,
-    ...(parallel > 1 ? ['--parallel', '--parallel-max', String(parallel)] : []), '-K', config], { maxBuffer: 1 << 20 });
+  fs.writeFileSync(config, operations.join('\nnext\n') + '\n');
+  const { stdout } = await run('curl', [...(parallel > 1 ? ['--parallel', '--parallel-max', String(parallel)] : []), '-K', config], { maxBuffer: 1 << 20 });
+  const received = stdout.split('\n').filter((line) => line !== '').reduce((sum, line) => sum + Number(line), 0);
+  if (received !== SIZE) throw new Error(`curl received ${received} bytes from ${url}, expected ${SIZE}`);
 }
 
 async function freePort(): Promise<number> {

@@ -20,6 +20,7 @@ import rangeParser from 'range-parser';
 import type { ByteRange, ImageReader } from '../engine/types';
 import { AgentError } from '../errors';
 import type { AgentService } from '../service';
+import { recycleReadBuffer } from '../native/reader';
 import { HttpError } from './errors';
 
 export interface ConsumeOptions {
@@ -190,7 +191,8 @@ export async function sendPieces(res: ServerResponse, reader: ImageReader, piece
       // Headers go out on their own once the first read succeeded: written together with a
       // buffer, TLS would copy that buffer into one contiguous block.
       if (!res.headersSent) res.flushHeaders();
-      if (!res.write(buffer)) await drained(res);
+      // Once written, the chunk goes straight back to the reader's pool (see recycleReadBuffer).
+      if (!res.write(buffer, () => recycleReadBuffer(buffer))) await drained(res);
     }
   } finally {
     // The reader may only close once no read is using it.

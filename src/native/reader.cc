@@ -15,6 +15,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <unordered_map>
 
 #include "buffer_pool.h"
 #include "device_geometry.h"
@@ -199,6 +200,82 @@ class IoThreadPool {
   size_t target_ = 0;
 };
 
+// The chunks behind buffers JavaScript holds. A chunk goes back to the pool when its buffer is
+// collected or, sooner, when JavaScript recycles the buffer: recycling empties the buffer first,
+// so a late use of it sees no bytes rather than another read's. Returning chunks without waiting
+// for the garbage collector keeps V8 from running a full collection every few dozen megabytes of
+// external memory while a download streams.
+struct LiveChunk {
+  AlignedChunk chunk;
+  bool returned = false;  // guarded by LiveChunks' mutex
+};
+
+class LiveChunks {
+ public:
+  static LiveChunks& Instance() {
+    static LiveChunks* chunks = new LiveChunks();  // finalizers may run during exit
+    return *chunks;
+  }
+
+  LiveChunk* Add(uint8_t* view, AlignedChunk chunk) {
+    auto* live = new LiveChunk{chunk};
+    std::lock_guard<std::mutex> lock(mutex_);
+    byView_[view] = live;
+    return live;
+  }
+
+  // The buffer's finalizer: the last word on `live`, recycled or not.
+  void Collected(uint8_t* view, LiveChunk* live) {
+    bool release = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!live->returned) {
+        live->returned = true;
+        release = true;
+        byView_.erase(view);
+      }
+    }
+    if (release) BufferPool::Instance().Release(live->chunk);
+    delete live;
+  }
+
+  // Takes the chunk behind `view` out of JavaScript's hands; false if `view` is not one of ours.
+  bool Take(uint8_t* view, AlignedChunk* chunk) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto found = byView_.find(view);
+    if (found == byView_.end()) return false;
+    found->second->returned = true;
+    *chunk = found->second->chunk;
+    byView_.erase(found);
+    return true;
+  }
+
+ private:
+  LiveChunks() = default;
+
+  std::mutex mutex_;
+  // A view address is unique among live buffers: each has a chunk of its own.
+  std::unordered_map<uint8_t*, LiveChunk*> byView_;
+};
+
+// recycleReadBuffer(buffer): true if the buffer came from read() and its chunk is back in the
+// pool; the buffer (and every view of its memory) is then empty.
+Napi::Value RecycleReadBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsTypedArray()) throw Napi::TypeError::New(env, "recycleReadBuffer needs a Buffer");
+  Napi::TypedArray view = info[0].As<Napi::TypedArray>();
+  Napi::ArrayBuffer memory = view.ArrayBuffer();
+  if (memory.IsDetached() || view.ByteOffset() != 0) return Napi::Boolean::New(env, false);
+  AlignedChunk chunk;
+  if (!LiveChunks::Instance().Take(static_cast<uint8_t*>(memory.Data()), &chunk)) {
+    return Napi::Boolean::New(env, false);
+  }
+  // Detached before the chunk can be handed to another read.
+  memory.Detach();
+  BufferPool::Instance().Release(chunk);
+  return Napi::Boolean::New(env, true);
+}
+
 Napi::Error ReaderError(Napi::Env env, const std::string& message, const char* code) {
   Napi::Error error = Napi::Error::New(env, message);
   error.Set("code", Napi::String::New(env, code));
@@ -243,14 +320,14 @@ class DirectReaderHandle : public Napi::ObjectWrap<DirectReaderHandle> {
                       "ERANGE")
               .Value());
     } else {
-      auto* chunk = new AlignedChunk(request->chunk);
+      uint8_t* const view = request->chunk.data + request->skew;
+      LiveChunk* live = LiveChunks::Instance().Add(view, request->chunk);
       request->deferred.Resolve(Napi::Buffer<uint8_t>::New(
-          env, chunk->data + request->skew, request->length,
-          [](Napi::Env, uint8_t*, AlignedChunk* released) {
-            BufferPool::Instance().Release(*released);
-            delete released;
+          env, view, request->length,
+          [](Napi::Env, uint8_t* data, LiveChunk* collected) {
+            LiveChunks::Instance().Collected(data, collected);
           },
-          chunk));
+          live));
     }
     if (drained) {
       if (pendingClose_ != nullptr) {
@@ -436,6 +513,7 @@ void InitReader(Napi::Env env, Napi::Object exports) {
   exports.Set("DirectReaderHandle",
               DirectReaderHandle::Define(env, CompletionChannel::CreateForEnvironment(env)));
   exports.Set("readerPoolStats", Napi::Function::New(env, ReaderPoolStats, "readerPoolStats"));
+  exports.Set("recycleReadBuffer", Napi::Function::New(env, RecycleReadBuffer, "recycleReadBuffer"));
   exports.Set("setReaderIoThreads", Napi::Function::New(env, SetReaderIoThreads, "setReaderIoThreads"));
   exports.Set("setReaderMaxPooledBytes",
               Napi::Function::New(env, SetReaderMaxPooledBytes, "setReaderMaxPooledBytes"));

@@ -74,6 +74,16 @@ export class DirectReader {
   }
 }
 
+/**
+ * Returns the memory behind a buffer from DirectReader.read() to the pool now rather than when
+ * the buffer is garbage collected, which lets long downloads run without full collections. The
+ * buffer, and every view of its memory, becomes empty: call it only once nothing will read the
+ * bytes, e.g. from a socket write's callback. False (and nothing changes) for any other buffer.
+ */
+export function recycleReadBuffer(buffer: Buffer): boolean {
+  return binding.recycleReadBuffer(buffer);
+}
+
 export interface ReaderPoolStats {
   /** Chunks held by live buffers (a chunk may be larger than the bytes its buffer shows). */
   buffersInUse: number;

@@ -14,6 +14,7 @@
 import type net from 'node:net';
 import type { ImageReader } from '../engine/types';
 import type { Logger } from '../log';
+import { recycleReadBuffer } from '../native/reader';
 import { contextExtents } from './contexts';
 import { closeGently, type Session } from './handshake';
 import {
@@ -90,6 +91,14 @@ function checkRequest(request: Request, session: Session): RequestError | null {
 /** The NBD error for a failed read of the image. */
 function readError(err: unknown): number {
   return (err as NodeJS.ErrnoException)?.code === 'ERR_READER_CLOSED' ? NbdError.ESHUTDOWN : NbdError.EIO;
+}
+
+/** A callback that runs `action` on its `count`th call. */
+function afterAll(count: number, action: () => void): () => void {
+  let remaining = count;
+  return () => {
+    if (--remaining === 0) action();
+  };
 }
 
 export class Transmission {
@@ -276,9 +285,10 @@ export class Transmission {
     const last = run.at(-1)!.request;
     this.reader.read(start, last.offset + last.length - start).then(
       (data) => {
+        const written = afterAll(run.length, () => recycleReadBuffer(data));
         for (const entry of run) {
           const from = entry.request.offset - start;
-          this.finishRead(entry, data.subarray(from, from + entry.request.length), null);
+          this.finishRead(entry, data.subarray(from, from + entry.request.length), null, written);
         }
       },
       // Each request on its own, so an error reaches exactly the requests whose bytes are bad.
@@ -294,10 +304,11 @@ export class Transmission {
     } else {
       reading = request.length === 0 ? Promise.resolve(Buffer.alloc(0)) : this.reader.read(request.offset, request.length);
     }
-    reading.then((data) => this.finishRead(entry, data, null), (err: unknown) => this.finishRead(entry, null, err));
+    reading.then((data) => this.finishRead(entry, data, null, () => recycleReadBuffer(data)), (err: unknown) => this.finishRead(entry, null, err));
   }
 
-  private finishRead(entry: PendingRead, data: Buffer | null, err: unknown): void {
+  /** `written` runs once the data went to the socket; a read that is not sent leaves its buffer to the collector. */
+  private finishRead(entry: PendingRead, data: Buffer | null, err: unknown, written?: () => void): void {
     this.pending.delete(entry);
     this.pendingBytes -= entry.request.length;
     this.idleTimer?.refresh();
@@ -308,7 +319,7 @@ export class Transmission {
         err = this.snapshotFailure();
       }
       if (data !== null) {
-        this.sendData(entry.request, data);
+        this.sendData(entry.request, data, written);
       } else {
         const { request } = entry;
         const message = (err as Error)?.message ?? String(err);
@@ -324,7 +335,7 @@ export class Transmission {
     return Object.assign(new Error(`the snapshot failed: ${this.failure ?? 'its image cannot be opened'}`), { code: 'EIO' });
   }
 
-  private sendData(request: Request, data: Buffer): void {
+  private sendData(request: Request, data: Buffer, written?: () => void): void {
     if (!this.writable()) return;
     this.readsServed++;
     this.bytesServed += data.length;
@@ -337,7 +348,7 @@ export class Transmission {
     }
     this.socket.cork();
     this.socket.write(header);
-    this.socket.write(data);
+    this.socket.write(data, written);
     this.socket.uncork();
   }
 

@@ -311,6 +311,32 @@ describe('streaming: backpressure, aborts, parallel downloads', () => {
     await readersClosed();
   });
 
+  test('each chunk goes back to the reader pool as soon as it is written, without waiting for the collector', async () => {
+    const lent: Buffer[] = [];
+    const openImage = service.openImage.bind(service);
+    service.openImage = async (id, disk) => {
+      const reader = await openImage(id, disk);
+      return {
+        path: reader.path, size: reader.size, logicalBlockSize: reader.logicalBlockSize, close: () => reader.close(),
+        read: async (offset: number, length: number) => {
+          const chunk = await reader.read(offset, length);
+          lent.push(chunk);
+          return chunk;
+        },
+      };
+    };
+    try {
+      const response = await fetchImage({ Range: 'bytes=100-1000000' });
+      assert.ok(response.body.equals(data.subarray(100, 1000001)));
+      assert.ok(lent.length > READ_AHEAD, `${lent.length} reads`);
+      // Held here, so only recycling can have emptied them.
+      for (let i = 0; i < 100 && lent.some((chunk) => chunk.length > 0); i++) await sleep(10);
+      assert.deepEqual(lent.filter((chunk) => chunk.length > 0).map((chunk) => chunk.length), []);
+    } finally {
+      service.openImage = openImage;
+    }
+  });
+
   test('a client that goes away mid-download: the reader is closed, nothing leaks', async () => {
     await new Promise<void>((resolve, reject) => {
       const req = https.request({

@@ -8,7 +8,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 
-import { DirectReader, MAX_READ_LENGTH, configureReaderPool, readerPoolStats } from '../../src/native/reader';
+import { DirectReader, MAX_READ_LENGTH, configureReaderPool, readerPoolStats, recycleReadBuffer } from '../../src/native/reader';
 import { attachLoopDevice, loopDevicesUnavailable, type LoopDevice } from './helpers/loop';
 
 v8.setFlagsFromString('--expose-gc');
@@ -284,6 +284,56 @@ describe('DirectReader on a regular file', () => {
         assert.ok(await collectGarbageUntil(() => readerPoolStats().buffersInUse === baseline));
         const stats = readerPoolStats();
         assert.deepEqual({ buffersPooled: stats.buffersPooled, bytesPooled: stats.bytesPooled }, { buffersPooled: 2, bytesPooled: 4 * chunk });
+      } finally {
+        await reader.close();
+      }
+    });
+
+    it('takes a recycled buffer back at once and empties it, so a late use sees no other read\'s bytes', async () => {
+      const reader = await DirectReader.open(filePath);
+      try {
+        const baseline = await settledBuffersInUse();
+        configureReaderPool({ maxPooledBytes: 0 });
+        configureReaderPool({ maxPooledBytes: 4 * chunk });
+        const first = await reader.read(3, chunk - 3);
+        const view = first.subarray(10, 20);
+        assert.equal(readerPoolStats().buffersInUse, baseline + 1);
+
+        assert.equal(recycleReadBuffer(first), true);
+        assert.equal(first.length, 0, 'the recycled buffer is empty');
+        assert.equal(view.length, 0, 'and so is every view of its memory');
+        assert.deepEqual(
+          { inUse: readerPoolStats().buffersInUse, pooled: readerPoolStats().buffersPooled },
+          { inUse: baseline, pooled: 1 },
+          'its chunk is back in the pool without a collection',
+        );
+
+        const second = await reader.read(chunk, chunk);
+        assert.equal(readerPoolStats().buffersPooled, 0, 'the next read reuses the chunk');
+        assert.ok(second.equals(content.subarray(chunk, 2 * chunk)));
+        assert.equal(recycleReadBuffer(first), false, 'a buffer is recycled once');
+
+        // The recycled buffer's collection must not hand the chunk, now lent to `second`, back.
+        assert.ok(await collectGarbageUntil(() => readerPoolStats().buffersInUse === baseline + 1));
+        await nextTurn();
+        assert.equal(readerPoolStats().buffersInUse, baseline + 1);
+        assert.ok(second.equals(content.subarray(chunk, 2 * chunk)), 'the live buffer still holds its bytes');
+      } finally {
+        await reader.close();
+      }
+    });
+
+    it('leaves buffers it did not lend alone', async () => {
+      const reader = await DirectReader.open(filePath);
+      try {
+        const own = Buffer.from('not from the reader');
+        assert.equal(recycleReadBuffer(own), false);
+        assert.equal(own.toString(), 'not from the reader');
+        const read = await reader.read(0, chunk);
+        assert.equal(recycleReadBuffer(read.subarray(1)), false, 'a slice is not the buffer that was lent');
+        assert.equal(read.length, chunk);
+        assert.equal(recycleReadBuffer(Buffer.alloc(0)), false);
+        assert.throws(() => recycleReadBuffer('text' as unknown as Buffer), TypeError);
       } finally {
         await reader.close();
       }

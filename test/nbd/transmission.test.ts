@@ -147,6 +147,25 @@ describe('NBD transmission', () => {
       assert.deepEqual(fixture.registry.reads.slice(before).map(({ offset, length }) => [offset, length]), [[0, 8192], [65536, 1024]]);
     });
 
+    it('gives every read\'s buffer back to the reader pool once all its replies are written', async () => {
+      const lent: Buffer[] = [];
+      fixture.registry.wrapReader = (reader) => ({
+        path: reader.path, size: reader.size, logicalBlockSize: reader.logicalBlockSize, close: () => reader.close(),
+        read: async (offset, length) => {
+          const data = await reader.read(offset, length);
+          lent.push(data);
+          return data;
+        },
+      });
+      const client = await ready({ structured: true });
+      // One merged run of three requests, then a request on its own.
+      client.sendRequests([[0, 4096], [4096, 4096], [8192, 4096], [131072, 4096]].map(([offset, length], i) => ({ type: Command.READ, cookie: BigInt(i), offset: offset!, length: length! })));
+      for (let i = 0; i < 4; i++) await client.readStructuredReply();
+      assert.equal(lent.length, 2);
+      // Held here, so only recycling (never the collector) can have emptied them.
+      await waitFor(() => lent.every((buffer) => buffer.length === 0), 'the buffers to be recycled');
+    });
+
     it('splits a merged read that fails, so only the requests with bad bytes get EIO', async () => {
       fixture.registry.wrapReader = (reader) => ({
         path: reader.path, size: reader.size, logicalBlockSize: reader.logicalBlockSize, close: () => reader.close(),
