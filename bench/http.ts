@@ -1,12 +1,14 @@
 // Benchmark of the consume route: a 1 GiB image downloaded over HTTPS with client
 // certificates in 10 MiB ranges, 1 and 8 at a time, by curl, from
 //   - the agent's API (createApp + createApiServer over an O_DIRECT reader),
-//   - nginx (directio 4m, TLS 1.2+, ssl_verify_client on, the same CA and file),
+//   - nginx (directio 4m, aio threads, TLS 1.2+, ssl_verify_client on, the same CA, file and
+//     TLS 1.3 suite order as the agent),
 // against `dd iflag=direct bs=4M` of the same file. Each figure is the median of --runs runs.
-// Targets: agent >= 1.0x nginx and >= 0.8x raw.
+// Targets: agent >= 1.0x nginx and >= 0.8x raw. With curl on the same machine, client and server
+// share the CPUs: the busy column tells whether a run was bound by the CPU rather than the disk.
 //
 //   npm run build && node dist/bench/http.js [--size-mib N] [--runs N] [--chunk-mib N] [--first-chunk-kib N] [--read-ahead N] [--io-threads N]
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net, { type AddressInfo } from 'node:net';
@@ -15,7 +17,8 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs, promisify } from 'node:util';
 import { createApp } from '../src/api/app';
-import { closeApiServer, createApiServer, listenApiServer } from '../src/api/server';
+import { DEFAULT_CONSUME_OPTIONS } from '../src/api/consume';
+import { API_CIPHERS, closeApiServer, createApiServer, listenApiServer } from '../src/api/server';
 import { generateCertificates } from '../src/certs';
 import { silentLogger } from '../src/log';
 import { configureReaderPool } from '../src/native/reader';
@@ -24,14 +27,15 @@ import { FakeAgentService } from '../test/api/helpers/fake-service';
 const MiB = 1024 * 1024;
 const RANGE_BYTES = 10 * MiB;
 const run = promisify(execFile);
+const AGENT_TLS13_SUITES = API_CIPHERS.split(':').filter((suite) => suite.startsWith('TLS_')).join(':');
 
 const { values: args } = parseArgs({
   options: {
     'size-mib': { type: 'string', default: '1024' },
     runs: { type: 'string', default: '3' },
-    'chunk-mib': { type: 'string', default: '2' },
-    'first-chunk-kib': { type: 'string', default: '256' },
-    'read-ahead': { type: 'string', default: '4' },
+    'chunk-mib': { type: 'string', default: String(DEFAULT_CONSUME_OPTIONS.chunkSize / (1024 * 1024)) },
+    'first-chunk-kib': { type: 'string', default: String(DEFAULT_CONSUME_OPTIONS.firstChunkSize / 1024) },
+    'read-ahead': { type: 'string', default: String(DEFAULT_CONSUME_OPTIONS.readAhead) },
     'io-threads': { type: 'string' },
   },
 });
@@ -49,9 +53,45 @@ async function timed(action: () => Promise<unknown>): Promise<number> {
   return Number(process.hrtime.bigint() - started) / 1e9;
 }
 
-/** MB/s (10^6 bytes per second, as dd and curl print them) of one run. */
-async function rate(action: () => Promise<unknown>): Promise<number> {
-  return SIZE / (await timed(action)) / 1e6;
+/** Busy and total jiffies of the whole machine (/proc/stat). */
+function machineTicks(): { busy: number; total: number } {
+  const fields = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = fields as [number, number, number, number, number, number, number, number];
+  const busy = user + nice + system + irq + softirq + steal;
+  return { busy, total: busy + idle + iowait };
+}
+
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }));
+
+/** CPU seconds used so far by the processes `pids` (all their threads). */
+function processCpuSeconds(pids: number[]): number {
+  return pids.reduce((sum, pid) => {
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th overall.
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return sum + (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  }, 0);
+}
+
+interface RunResult {
+  /** MB/s (10^6 bytes per second, as dd and curl print them). */
+  rate: number;
+  /** Share of the machine's CPU time that was busy during the run, any process. */
+  machineBusy: number;
+  /** CPU seconds the server spent per GiB served; NaN when there is no server. */
+  serverCpuPerGiB: number;
+}
+
+async function measure(action: () => Promise<unknown>, serverCpu: (() => number) | null): Promise<RunResult> {
+  const ticksBefore = machineTicks();
+  const cpuBefore = serverCpu?.() ?? 0;
+  const seconds = await timed(action);
+  const ticksAfter = machineTicks();
+  return {
+    rate: SIZE / seconds / 1e6,
+    machineBusy: (ticksAfter.busy - ticksBefore.busy) / (ticksAfter.total - ticksBefore.total),
+    serverCpuPerGiB: serverCpu === null ? NaN : (serverCpu() - cpuBefore) / (SIZE / (1024 * MiB)),
+  };
 }
 
 function makeImage(file: string): void {
@@ -129,6 +169,9 @@ http {
     ssl_certificate_key ${certs.serverKey};
     ssl_client_certificate ${certs.caCert};
     ssl_verify_client on;
+    # The agent's suite order, so that both servers (and curl) pay for the same cipher.
+    ssl_prefer_server_ciphers on;
+    ssl_conf_command Ciphersuites ${AGENT_TLS13_SUITES};
     location / { root ${root}; }
   }
 }
@@ -175,29 +218,40 @@ async function main(): Promise<void> {
     nginx = started.process;
     const nginxUrl = `https://localhost:${started.port}/disk.img`;
 
+    const nginxWorkers = (): number[] => fs.readFileSync(`/proc/${nginx!.pid}/task/${nginx!.pid}/children`, 'utf8').trim().split(/\s+/).map(Number);
+    const agentCpu = (): number => {
+      const { user, system } = process.cpuUsage();
+      return (user + system) / 1e6;
+    };
+    const nginxCpu = (): number => processCpuSeconds(nginxWorkers());
+
     // Runs are interleaved so that the disk's ups and downs (a shared virtual disk swings by 2x)
     // hit every contender alike.
-    const contenders: Array<{ name: string; action: () => Promise<unknown>; rates: number[] }> = [
-      { name: 'raw dd iflag=direct bs=4M', action: () => run('dd', [`if=${image}`, 'of=/dev/null', 'iflag=direct', 'bs=4M']), rates: [] },
+    const contenders: Array<{ name: string; action: () => Promise<unknown>; serverCpu: (() => number) | null; runs: RunResult[] }> = [
+      { name: 'raw dd iflag=direct bs=4M', action: () => run('dd', [`if=${image}`, 'of=/dev/null', 'iflag=direct', 'bs=4M']), serverCpu: null, runs: [] },
     ];
     for (const parallel of [1, 8]) {
-      contenders.push({ name: `nginx, ${parallel} parallel`, action: () => curlRanges(nginxUrl, certs, parallel, workDir), rates: [] });
-      contenders.push({ name: `agent, ${parallel} parallel`, action: () => curlRanges(agentUrl, certs, parallel, workDir), rates: [] });
+      contenders.push({ name: `nginx, ${parallel} parallel`, action: () => curlRanges(nginxUrl, certs, parallel, workDir), serverCpu: nginxCpu, runs: [] });
+      contenders.push({ name: `agent, ${parallel} parallel`, action: () => curlRanges(agentUrl, certs, parallel, workDir), serverCpu: agentCpu, runs: [] });
     }
     for (let i = 0; i < RUNS; i++) {
-      for (const contender of contenders) contender.rates.push(await rate(contender.action));
+      for (const contender of contenders) contender.runs.push(await measure(contender.action, contender.serverCpu));
     }
-    const medians = new Map(contenders.map((contender) => [contender.name, median(contender.rates)]));
+    const medians = new Map(contenders.map((contender) => [contender.name, median(contender.runs.map((r) => r.rate))]));
     const raw = medians.get(contenders[0]!.name)!;
     await closeApiServer(server);
 
-    process.stdout.write(`agent: ${consume.readAhead} reads ahead of ${consume.chunkSize / MiB} MiB, first read of a range up to ${consume.firstChunkSize / 1024} KiB; reader I/O threads: ${args['io-threads'] ?? 'default'}\n\n`);
-    process.stdout.write(`${'what'.padEnd(28)} ${'MB/s'.padStart(8)} ${'x raw'.padStart(7)} ${'x nginx'.padStart(8)}   runs (MB/s)\n`);
+    process.stdout.write(`agent: ${consume.readAhead} reads ahead of ${consume.chunkSize / MiB} MiB, first read of a range up to ${consume.firstChunkSize / 1024} KiB; reader I/O threads: ${args['io-threads'] ?? 'default'}; ${os.cpus().length} CPUs\n`);
+    process.stdout.write('busy: share of the whole machine\'s CPU in use during the run (server, curl and kernel); near 100% means CPU-bound\n');
+    process.stdout.write('server CPU: CPU seconds the server process(es) spent per GiB served\n\n');
+    process.stdout.write(`${'what'.padEnd(28)} ${'MB/s'.padStart(8)} ${'x raw'.padStart(7)} ${'x nginx'.padStart(8)} ${'busy'.padStart(6)} ${'server CPU'.padStart(11)}   runs (MB/s)\n`);
     for (const contender of contenders) {
       const value = medians.get(contender.name)!;
       const peer = medians.get(contender.name.replace('agent', 'nginx'));
       const versusNginx = contender.name.startsWith('agent') && peer !== undefined ? (value / peer).toFixed(2) : '';
-      process.stdout.write(`${contender.name.padEnd(28)} ${value.toFixed(0).padStart(8)} ${(value / raw).toFixed(2).padStart(7)} ${versusNginx.padStart(8)}   ${contender.rates.map((r) => r.toFixed(0)).join(' ')}\n`);
+      const busy = `${(median(contender.runs.map((r) => r.machineBusy)) * 100).toFixed(0)}%`;
+      const serverCpu = contender.serverCpu === null ? '' : `${median(contender.runs.map((r) => r.serverCpuPerGiB)).toFixed(2)} s`;
+      process.stdout.write(`${contender.name.padEnd(28)} ${value.toFixed(0).padStart(8)} ${(value / raw).toFixed(2).padStart(7)} ${versusNginx.padStart(8)} ${busy.padStart(6)} ${serverCpu.padStart(11)}   ${contender.runs.map((r) => r.rate.toFixed(0)).join(' ')}\n`);
     }
   } finally {
     if (nginx !== undefined) await stopNginx(nginx);

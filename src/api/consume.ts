@@ -37,7 +37,9 @@ export interface ConsumeOptions {
   maxRanges: number;
 }
 
-export const DEFAULT_CONSUME_OPTIONS: ConsumeOptions = { chunkSize: 2 * 1024 * 1024, firstChunkSize: 256 * 1024, readAhead: 4, maxRanges: 256 };
+// 1 MiB reads: with 2 MiB, each write's plaintext and ciphertext no longer stay in the CPU caches
+// between encryption and the socket copy; bench/http served 10 MiB ranges 10-20% faster with 1 MiB.
+export const DEFAULT_CONSUME_OPTIONS: ConsumeOptions = { chunkSize: 1024 * 1024, firstChunkSize: 256 * 1024, readAhead: 4, maxRanges: 256 };
 
 /** Inclusive byte positions, as HTTP writes them. */
 export interface HttpRange {
