@@ -80,6 +80,8 @@ interface RunResult {
   machineBusy: number;
   /** CPU seconds the server spent per GiB served; NaN when there is no server. */
   serverCpuPerGiB: number;
+  /** CPU seconds per GiB the rest of the machine spent: curl, the kernel, anything else. */
+  otherCpuPerGiB: number;
 }
 
 async function measure(action: () => Promise<unknown>, serverCpu: (() => number) | null): Promise<RunResult> {
@@ -87,10 +89,13 @@ async function measure(action: () => Promise<unknown>, serverCpu: (() => number)
   const cpuBefore = serverCpu?.() ?? 0;
   const seconds = await timed(action);
   const ticksAfter = machineTicks();
+  const gibibytes = SIZE / (1024 * MiB);
+  const serverSeconds = serverCpu === null ? 0 : serverCpu() - cpuBefore;
   return {
     rate: SIZE / seconds / 1e6,
     machineBusy: (ticksAfter.busy - ticksBefore.busy) / (ticksAfter.total - ticksBefore.total),
-    serverCpuPerGiB: serverCpu === null ? NaN : (serverCpu() - cpuBefore) / (SIZE / (1024 * MiB)),
+    serverCpuPerGiB: serverCpu === null ? NaN : serverSeconds / gibibytes,
+    otherCpuPerGiB: ((ticksAfter.busy - ticksBefore.busy) / CLOCK_TICKS - serverSeconds) / gibibytes,
   };
 }
 
@@ -243,15 +248,17 @@ async function main(): Promise<void> {
 
     process.stdout.write(`agent: ${consume.readAhead} reads ahead of ${consume.chunkSize / MiB} MiB, first read of a range up to ${consume.firstChunkSize / 1024} KiB; reader I/O threads: ${args['io-threads'] ?? 'default'}; ${os.cpus().length} CPUs\n`);
     process.stdout.write('busy: share of the whole machine\'s CPU in use during the run (server, curl and kernel); near 100% means CPU-bound\n');
-    process.stdout.write('server CPU: CPU seconds the server process(es) spent per GiB served\n\n');
-    process.stdout.write(`${'what'.padEnd(28)} ${'MB/s'.padStart(8)} ${'x raw'.padStart(7)} ${'x nginx'.padStart(8)} ${'busy'.padStart(6)} ${'server CPU'.padStart(11)}   runs (MB/s)\n`);
+    process.stdout.write('server CPU: CPU seconds the server process(es) spent per GiB served; other CPU: the rest of the machine (curl, kernel)\n');
+    process.stdout.write(`${os.cpus().length} CPUs at 100% can serve at most CPUs / (server + other CPU) GiB/s\n\n`);
+    process.stdout.write(`${'what'.padEnd(28)} ${'MB/s'.padStart(8)} ${'x raw'.padStart(7)} ${'x nginx'.padStart(8)} ${'busy'.padStart(6)} ${'server CPU'.padStart(11)} ${'other CPU'.padStart(10)}   runs (MB/s)\n`);
     for (const contender of contenders) {
       const value = medians.get(contender.name)!;
       const peer = medians.get(contender.name.replace('agent', 'nginx'));
       const versusNginx = contender.name.startsWith('agent') && peer !== undefined ? (value / peer).toFixed(2) : '';
       const busy = `${(median(contender.runs.map((r) => r.machineBusy)) * 100).toFixed(0)}%`;
       const serverCpu = contender.serverCpu === null ? '' : `${median(contender.runs.map((r) => r.serverCpuPerGiB)).toFixed(2)} s`;
-      process.stdout.write(`${contender.name.padEnd(28)} ${value.toFixed(0).padStart(8)} ${(value / raw).toFixed(2).padStart(7)} ${versusNginx.padStart(8)} ${busy.padStart(6)} ${serverCpu.padStart(11)}   ${contender.runs.map((r) => r.rate.toFixed(0)).join(' ')}\n`);
+      const otherCpu = `${median(contender.runs.map((r) => r.otherCpuPerGiB)).toFixed(2)} s`;
+      process.stdout.write(`${contender.name.padEnd(28)} ${value.toFixed(0).padStart(8)} ${(value / raw).toFixed(2).padStart(7)} ${versusNginx.padStart(8)} ${busy.padStart(6)} ${serverCpu.padStart(11)} ${otherCpu.padStart(10)}   ${contender.runs.map((r) => r.rate.toFixed(0)).join(' ')}\n`);
     }
   } finally {
     if (nginx !== undefined) await stopNginx(nginx);
