@@ -62,11 +62,15 @@ export function deriveCbtBlockSize(capacityBytes: number, mapSize: number, fallb
   return fallback;
 }
 
-class VeeamsnapSnapstore extends EventEmitter implements Snapstore {
+/** How long a cleaned-up snapstore's TERMINATE may take before the pipe is given up on. */
+const TERMINATE_WAIT_MS = 10_000;
+
+export class VeeamsnapSnapstore extends EventEmitter implements Snapstore {
   private terminated: Promise<{ filledBytes: number }>;
 
-  constructor(readonly id: string, private readonly pipe: SnapstorePipe, private readonly control: VeeamsnapControl,
-    private readonly storage: DeviceId | null) {
+  constructor(readonly id: string, private readonly pipe: SnapstorePipe,
+    private readonly control: Pick<VeeamsnapControl, 'snapstoreCleanup' | 'snapstoreMemory'>,
+    private readonly storage: DeviceId | null, private readonly terminateWaitMs = TERMINATE_WAIT_MS) {
     super();
     pipe.on('halffill', ({ filledBytes }) => this.emitEvent({ type: 'halffill', filledBytes: Number(filledBytes) }));
     pipe.on('overflow', ({ errno, filledBytes }) => this.emitEvent({ type: 'overflow', errno, filledBytes: Number(filledBytes) }));
@@ -102,7 +106,23 @@ class VeeamsnapSnapstore extends EventEmitter implements Snapstore {
       await this.pipe.close();
       return { filledBytes: 0 };
     }
-    return this.terminated;
+    // The ioctl has released the snapstore; TERMINATE only confirms it. A pipe whose reader
+    // failed or a notification that never comes must not hold a delete up forever.
+    let giveUp: NodeJS.Timeout | undefined;
+    let onError: (() => void) | undefined;
+    const withoutPipe = new Promise<{ filledBytes: number }>((resolve) => {
+      const done = (): void => resolve({ filledBytes: Number(filled) });
+      giveUp = setTimeout(done, this.terminateWaitMs);
+      onError = done;
+      this.pipe.once('error', onError);
+    });
+    try {
+      return await Promise.race([this.terminated, withoutPipe]);
+    } finally {
+      clearTimeout(giveUp);
+      this.pipe.off('error', onError!);
+      await this.pipe.close();
+    }
   }
 
   close(): Promise<void> {
