@@ -1,8 +1,9 @@
 // The NBD transmission phase: requests in, replies out, several in flight and answered in the
 // order they complete (the protocol allows it). Every export is read-only.
 //
-// Read data goes from the image reader to the socket without a copy: the reply header and the
-// reader's buffer are written corked, as one writev. A simple reply cannot report an error once
+// Read data goes from the image reader to the socket without a copy: in plaintext the reply
+// header and the reader's buffer are written corked, as one writev; over TLS, one after the
+// other, since Node's TLS would join a writev's buffers in a copy. A simple reply cannot report an error once
 // its header is out, so the whole read completes before anything is sent; structured replies use
 // the same path (one OFFSET_DATA chunk per read), which also honours "don't fragment" for free.
 // Reads of adjacent ranges that arrive together (a sequential copy keeps dozens in flight) are
@@ -12,6 +13,7 @@
 // Memory is bounded per connection: requests stop being read while too many reads are in flight
 // or too many reply bytes wait in the socket, and resume as the client takes its replies.
 import type net from 'node:net';
+import tls from 'node:tls';
 import type { ImageReader } from '../engine/types';
 import type { Logger } from '../log';
 import { recycleReadBuffer } from '../native/reader';
@@ -28,6 +30,8 @@ const MAX_PENDING_BYTES = 64 * 1024 * 1024;
 const MAX_PENDING_REQUESTS = 128;
 /** Adjacent reads are merged up to this size (larger requests stopped paying off on the disks measured). */
 const MAX_MERGED_READ = 2 * 1024 * 1024;
+/** Over TLS, replies up to this size are joined with their header into one record's worth. */
+const SMALL_TLS_REPLY = 16 * 1024;
 /** A client that takes none of its replies for this long has gone away without saying so. */
 const STALL_TIMEOUT_MS = 60_000;
 /** After a shutdown, how long new requests still get ESHUTDOWN before the connection is closed. */
@@ -106,6 +110,7 @@ export class Transmission {
   readonly done: Promise<void>;
 
   private readonly socket: net.Socket;
+  private readonly encrypted: boolean;
   private readonly reader: ImageReader | null;
   private input: Buffer | null = null;
   /** Bytes of a refused write's payload still to skip. */
@@ -129,6 +134,10 @@ export class Transmission {
 
   constructor(private readonly session: Session, private readonly settings: TransmissionSettings) {
     this.socket = session.socket;
+    this.encrypted = session.socket instanceof tls.TLSSocket;
+    // Node's TLS copies the buffers of a writev into one block before encrypting them. Without
+    // _writev the stream hands its queued replies over one at a time, each encrypted in place.
+    if (this.encrypted) this.socket._writev = undefined;
     this.reader = session.reader;
     this.failure = session.export.failure;
     this.done = new Promise((resolve) => {
@@ -344,25 +353,29 @@ export class Transmission {
       : encodeSimpleReply(request.cookie, 0);
     if (data.length === 0) {
       this.socket.write(header);
-      return;
+    } else if (!this.encrypted) {
+      this.socket.cork();
+      this.socket.write(header);
+      this.socket.write(data, written);
+      this.socket.uncork();
+    } else if (data.length <= SMALL_TLS_REPLY) {
+      this.socket.write(Buffer.concat([header, data]), written);
+    } else {
+      // Two records, the header's tiny; the data goes to the cipher straight from the reader.
+      this.socket.write(header);
+      this.socket.write(data, written);
     }
-    this.socket.cork();
-    this.socket.write(header);
-    this.socket.write(data, written);
-    this.socket.uncork();
   }
 
   private blockStatus(request: Request): void {
     if (!this.writable()) return;
     const { contexts } = this.session;
     const maxExtents = (request.flags & CommandFlag.REQ_ONE) !== 0 ? 1 : MAX_EXTENTS_PER_CHUNK;
-    this.socket.cork();
-    contexts.forEach(({ id, context }, index) => {
+    this.socket.write(Buffer.concat(contexts.map(({ id, context }, index) => {
       const extents = contextExtents(context, this.session.export, request.offset, request.length, maxExtents);
       const flags = index === contexts.length - 1 ? ReplyFlag.DONE : 0;
-      this.socket.write(encodeBlockStatusChunk(request.cookie, flags, id, extents));
-    });
-    this.socket.uncork();
+      return encodeBlockStatusChunk(request.cookie, flags, id, extents);
+    })));
   }
 
   private replyDone(request: Request): void {

@@ -483,6 +483,24 @@ describe('NBD transmission', () => {
       const [status] = await client.readStructuredReply();
       assert.deepEqual(decodeExtents(status!.payload).extents, [{ length: EXPORT_SIZE, flags: 0 }]);
     });
+
+    it('answers simple replies of every size, queued behind each other, each intact', async () => {
+      const client = await connectReady(secure.port, { tls: fixture.certs });
+      clients.push(client);
+      // Both sides of the size where a reply is joined with its header, and unaligned offsets.
+      const reads = [[0, 1], [4095, 512], [8192, 16 * 1024], [100_000, 16 * 1024 + 1], [1 * MiB + 3, 64 * 1024], [2 * MiB, MiB], [7, 300]];
+      const expected = new Map(reads.map(([offset, length], i) => [BigInt(i), fixture.image.subarray(offset!, offset! + length!)]));
+      client.sendRequests(reads.map(([offset, length], i) => ({ type: Command.READ, cookie: BigInt(i), offset: offset!, length: length! })));
+      for (let i = 0; i < reads.length; i++) {
+        const reply = await client.readSimpleReply();
+        assert.equal(reply.error, 0);
+        const bytes = expected.get(reply.cookie)!;
+        assert.deepEqual(await client.read(bytes.length), bytes, `reply ${reply.cookie}`);
+        expected.delete(reply.cookie);
+      }
+      assert.equal(expected.size, 0);
+      await assertAlive(client);
+    });
   });
 
   describe('idle timeout', () => {
