@@ -8,7 +8,7 @@
 // share the CPUs: the busy column tells whether a run was bound by the CPU rather than the disk.
 //
 //   npm run build && node dist/bench/http.js [--size-mib N] [--runs N] [--chunk-mib N] [--first-chunk-kib N] [--read-ahead N] [--io-threads N]
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net, { type AddressInfo } from 'node:net';
@@ -23,6 +23,7 @@ import { generateCertificates } from '../src/certs';
 import { silentLogger } from '../src/log';
 import { configureReaderPool } from '../src/native/reader';
 import { FakeAgentService } from '../test/api/helpers/fake-service';
+import { ownCpuSeconds, processCpuSeconds, withCpuUse } from './cpu';
 
 const MiB = 1024 * 1024;
 const RANGE_BYTES = 10 * MiB;
@@ -53,26 +54,6 @@ async function timed(action: () => Promise<unknown>): Promise<number> {
   return Number(process.hrtime.bigint() - started) / 1e9;
 }
 
-/** Busy and total jiffies of the whole machine (/proc/stat). */
-function machineTicks(): { busy: number; total: number } {
-  const fields = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = fields as [number, number, number, number, number, number, number, number];
-  const busy = user + nice + system + irq + softirq + steal;
-  return { busy, total: busy + idle + iowait };
-}
-
-const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }));
-
-/** CPU seconds used so far by the processes `pids` (all their threads). */
-function processCpuSeconds(pids: number[]): number {
-  return pids.reduce((sum, pid) => {
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th overall.
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return sum + (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-  }, 0);
-}
-
 interface RunResult {
   /** MB/s (10^6 bytes per second, as dd and curl print them). */
   rate: number;
@@ -85,18 +66,9 @@ interface RunResult {
 }
 
 async function measure(action: () => Promise<unknown>, serverCpu: (() => number) | null): Promise<RunResult> {
-  const ticksBefore = machineTicks();
-  const cpuBefore = serverCpu?.() ?? 0;
-  const seconds = await timed(action);
-  const ticksAfter = machineTicks();
+  const { result: seconds, cpu } = await withCpuUse(() => timed(action), serverCpu);
   const gibibytes = SIZE / (1024 * MiB);
-  const serverSeconds = serverCpu === null ? 0 : serverCpu() - cpuBefore;
-  return {
-    rate: SIZE / seconds / 1e6,
-    machineBusy: (ticksAfter.busy - ticksBefore.busy) / (ticksAfter.total - ticksBefore.total),
-    serverCpuPerGiB: serverCpu === null ? NaN : serverSeconds / gibibytes,
-    otherCpuPerGiB: ((ticksAfter.busy - ticksBefore.busy) / CLOCK_TICKS - serverSeconds) / gibibytes,
-  };
+  return { rate: SIZE / seconds / 1e6, machineBusy: cpu.machineBusy, serverCpuPerGiB: cpu.serverSeconds / gibibytes, otherCpuPerGiB: cpu.otherSeconds / gibibytes };
 }
 
 function makeImage(file: string): void {
@@ -224,10 +196,7 @@ async function main(): Promise<void> {
     const nginxUrl = `https://localhost:${started.port}/disk.img`;
 
     const nginxWorkers = (): number[] => fs.readFileSync(`/proc/${nginx!.pid}/task/${nginx!.pid}/children`, 'utf8').trim().split(/\s+/).map(Number);
-    const agentCpu = (): number => {
-      const { user, system } = process.cpuUsage();
-      return (user + system) / 1e6;
-    };
+    const agentCpu = ownCpuSeconds;
     const nginxCpu = (): number => processCpuSeconds(nginxWorkers());
 
     // Runs are interleaved so that the disk's ups and downs (a shared virtual disk swings by 2x)

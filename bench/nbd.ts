@@ -4,7 +4,9 @@
 // runs each contender once, right after a dd run of its own, page cache dropped before each
 // run; ratios are taken per pair and per round (a shared virtual disk drifts more than the
 // differences measured) and the medians printed. A first round warms up (JIT, buffer pool) and
-// is not counted. Usage:
+// is not counted. Each row also says how busy the machine was (near 100%: bound by the CPU, not
+// the disk) and the CPU seconds per GiB of the server and of everything else (nbdcopy, kernel).
+// Usage:
 //   node dist/bench/nbd.js [--dir DIR] [--size-mib 1024] [--repeat 3] [--connections 4]
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -18,6 +20,7 @@ import { createNbdServer } from '../src/nbd/server';
 import { makeTestCerts, type TestCerts } from '../test/helpers/certs';
 import { FakeExportRegistry } from '../test/nbd/helpers/fake-registry';
 import { run } from '../test/nbd/helpers/server';
+import { ownCpuSeconds, processCpuSeconds, withCpuUse, type CpuUse } from './cpu';
 
 const MiB = 1024 * 1024;
 const EXPORT_NAME = '1/bench';
@@ -38,8 +41,8 @@ type Mode = 'plain' | 'tls';
 
 interface Contender {
   label: string;
-  /** Starts serving; resolves with the nbdcopy source URI and how to stop. */
-  start(mode: Mode): Promise<{ uri: string; stop(): Promise<void> }>;
+  /** Starts serving; resolves with the nbdcopy source URI, the server's CPU seconds so far, and how to stop. */
+  start(mode: Mode): Promise<{ uri: string; cpuSeconds(): number; stop(): Promise<void> }>;
 }
 
 function median(values: number[]): number {
@@ -123,7 +126,7 @@ function contenders(image: string, certs: TestCerts): Contender[] {
         maxConnections: 64,
       });
       const { port } = await server.listen();
-      return { uri: uriFor(port, mode, certs), stop: () => server.close() };
+      return { uri: uriFor(port, mode, certs), cpuSeconds: ownCpuSeconds, stop: () => server.close() };
     },
   };
   const qemuNbd: Contender = {
@@ -137,7 +140,7 @@ function contenders(image: string, certs: TestCerts): Contender[] {
       // stderr ignored: qemu-nbd complains about every readiness probe; a failed start shows as its exit.
       const child = spawn('qemu-nbd', [...args, image], { stdio: 'ignore' });
       await waitForPort(port, child);
-      return { uri: uriFor(port, mode, certs), stop: () => stopChild(child) };
+      return { uri: uriFor(port, mode, certs), cpuSeconds: () => processCpuSeconds([child.pid!]), stop: () => stopChild(child) };
     },
   };
   const nbdkit: Contender = {
@@ -148,19 +151,20 @@ function contenders(image: string, certs: TestCerts): Contender[] {
       if (mode === 'tls') args.push('--tls=require', `--tls-certificates=${certs.dir}`, '--tls-verify-peer');
       const child = spawn('nbdkit', [...args, 'file', image, 'cache=none'], { stdio: ['ignore', 'ignore', 'inherit'] });
       await waitForPort(port, child);
-      return { uri: uriFor(port, mode, certs), stop: () => stopChild(child) };
+      return { uri: uriFor(port, mode, certs), cpuSeconds: () => processCpuSeconds([child.pid!]), stop: () => stopChild(child) };
     },
   };
   return [ours, qemuNbd, nbdkit];
 }
 
-async function nbdcopyMegabytesPerSecond(uri: string): Promise<number> {
+async function nbdcopyMegabytesPerSecond(uri: string, serverCpu: () => number): Promise<{ speed: number; cpu: CpuUse }> {
   dropCaches();
   const started = process.hrtime.bigint();
-  const result = await run('nbdcopy', [`--connections=${connections}`, `--threads=${connections}`, uri, 'null:'], { timeoutMs: 600_000 });
+  const { result, cpu } = await withCpuUse(
+    () => run('nbdcopy', [`--connections=${connections}`, `--threads=${connections}`, uri, 'null:'], { timeoutMs: 600_000 }), serverCpu);
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   if (result.code !== 0) throw new Error(`nbdcopy ${uri}: ${result.stderr}`);
-  return imageSize / seconds / 1e6;
+  return { speed: imageSize / seconds / 1e6, cpu };
 }
 
 async function ddMegabytesPerSecond(image: string): Promise<number> {
@@ -176,6 +180,7 @@ interface Round {
   /** MB/s of each contender, and of the dd run just before it, by contender label and mode. */
   speeds: Map<string, number>;
   dd: Map<string, number>;
+  cpu: Map<string, CpuUse>;
 }
 
 function key(label: string, mode: Mode): string {
@@ -185,8 +190,9 @@ function key(label: string, mode: Mode): string {
 function printTable(rounds: Round[], labels: string[]): void {
   const ours = labels[0]!;
   const qemu = labels[1]!;
-  const header = ['server', 'MB/s', 'ours / this', 'this / dd'];
-  const rows: string[][] = [['dd iflag=direct bs=4M', median(rounds.flatMap((r) => [...r.dd.values()])).toFixed(0), '', '1.00']];
+  const header = ['server', 'MB/s', 'ours / this', 'this / dd', 'busy', 'server CPU/GiB', 'other CPU/GiB'];
+  const rows: string[][] = [['dd iflag=direct bs=4M', median(rounds.flatMap((r) => [...r.dd.values()])).toFixed(0), '', '1.00', '', '', '']];
+  const perGiB = imageSize / (1024 * MiB);
   for (const mode of ['plain', 'tls'] as const) {
     for (const label of labels) {
       const name = key(label, mode);
@@ -195,6 +201,9 @@ function printTable(rounds: Round[], labels: string[]): void {
         median(rounds.map((r) => r.speeds.get(name)!)).toFixed(0),
         label === ours ? '' : median(rounds.map((r) => r.speeds.get(key(ours, mode))! / r.speeds.get(name)!)).toFixed(2),
         median(rounds.map((r) => r.speeds.get(name)! / r.dd.get(name)!)).toFixed(2),
+        `${(median(rounds.map((r) => r.cpu.get(name)!.machineBusy)) * 100).toFixed(0)}%`,
+        `${median(rounds.map((r) => r.cpu.get(name)!.serverSeconds / perGiB)).toFixed(2)} s`,
+        `${median(rounds.map((r) => r.cpu.get(name)!.otherSeconds / perGiB)).toFixed(2)} s`,
       ]);
     }
   }
@@ -223,13 +232,16 @@ async function main(): Promise<void> {
     for (let round = 0; round <= repeat; round++) {
       const speeds = new Map<string, number>();
       const dd = new Map<string, number>();
+      const cpu = new Map<string, CpuUse>();
       for (const mode of ['plain', 'tls'] as const) {
         for (const contender of all) {
           const name = key(contender.label, mode);
           dd.set(name, await ddMegabytesPerSecond(image));
           const served = await contender.start(mode);
           try {
-            speeds.set(name, await nbdcopyMegabytesPerSecond(served.uri));
+            const measured = await nbdcopyMegabytesPerSecond(served.uri, served.cpuSeconds);
+            speeds.set(name, measured.speed);
+            cpu.set(name, measured.cpu);
           } finally {
             await served.stop();
           }
@@ -237,7 +249,7 @@ async function main(): Promise<void> {
       }
       const summary = [...speeds].map(([name, speed]) => `${name} ${speed.toFixed(0)} (dd ${dd.get(name)!.toFixed(0)})`).join(', ');
       console.log(`${round === 0 ? 'warm-up' : `round ${round}`}: ${summary}`);
-      if (round > 0) rounds.push({ dd, speeds });
+      if (round > 0) rounds.push({ dd, speeds, cpu });
     }
     console.log('');
     printTable(rounds, all.map((contender) => contender.label));
