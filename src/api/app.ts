@@ -6,7 +6,7 @@ import type { AgentService } from '../service';
 import { DEFAULT_BODY_LIMIT } from './body';
 import { clientIdentity } from '../client-identity';
 import { ClientGoneError, DEFAULT_CONSUME_OPTIONS, type ConsumeOptions } from './consume';
-import { errorResponse, routeNotFound } from './errors';
+import { errorResponse, HttpError, routeNotFound } from './errors';
 import { apiRouter } from './routes';
 import { HOST_SOURCES, type SystemInfoSources } from './systeminfo';
 
@@ -55,8 +55,9 @@ function errorResponses(log: Logger): Middleware {
     try {
       await next();
     } catch (err) {
-      if (ctx.res.headersSent) {
-        if (err instanceof ClientGoneError) log.info({ url: ctx.originalUrl }, 'client closed the connection during the response');
+      // A client gone mid-request (or cut off by the request timeout) cannot be answered either.
+      if (ctx.res.headersSent || err instanceof ClientGoneError) {
+        if (err instanceof ClientGoneError) log.info({ url: ctx.originalUrl }, 'the connection closed before the response was complete');
         else log.error({ err, url: ctx.originalUrl }, 'response failed after its headers were sent: connection destroyed');
         ctx.res.destroy();
         return;
@@ -71,6 +72,17 @@ function errorResponses(log: Logger): Middleware {
     }
   };
 }
+
+/**
+ * HTTP/1.1 requires Host (RFC 9112 3.2; an empty value is allowed). Node's own check answers
+ * with an empty body, so server.ts turns it off and it is done here.
+ */
+const requireHost: Middleware = async (ctx, next) => {
+  if (ctx.req.httpVersion === '1.1' && ctx.req.headers.host === undefined) {
+    throw new HttpError(400, 'Bad Request', 'an HTTP/1.1 request must have a Host header');
+  }
+  await next();
+};
 
 const notFoundFallback: Middleware = () => {
   throw routeNotFound();
@@ -89,6 +101,7 @@ export function createApp(options: AppOptions): Koa {
   });
   app.use(accessLog(options.log));
   app.use(errorResponses(options.log));
+  app.use(requireHost);
   app.use(router.routes());
   app.use(notFoundFallback);
   return app;

@@ -64,13 +64,14 @@ export function parseChangesQuery(query: ParsedUrlQuery): ChangesRequest {
 export type BodyFields = Record<string, unknown>;
 
 /**
- * The value of `name`, matched as Go's encoding/json does: exact key first, else any key that
- * equals it ignoring case. Unknown keys are ignored, as there.
+ * The value of `name`, matched as Go's encoding/json does: ignoring case. Unknown keys are
+ * ignored, as there. Two spellings of one field are refused: Go would silently take the last,
+ * and which one the client meant is anyone's guess.
  */
 function field(body: BodyFields, name: string): unknown {
-  if (Object.hasOwn(body, name)) return body[name];
-  const key = Object.keys(body).find((candidate) => candidate.toLowerCase() === name.toLowerCase());
-  return key === undefined ? undefined : body[key];
+  const keys = Object.keys(body).filter((candidate) => candidate.toLowerCase() === name.toLowerCase());
+  if (keys.length > 1) throw invalid(`field ${name} is given more than once, as ${keys.map((key) => JSON.stringify(key)).join(' and ')}`);
+  return keys.length === 0 ? undefined : body[keys[0]!];
 }
 
 function describe(value: unknown): string {

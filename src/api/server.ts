@@ -2,8 +2,9 @@
 // CA required at the handshake, an optional allow-list of client identities, and timeouts so
 // neither a silent peer nor a stalled download holds resources forever (agent-reference 2, 11.11,
 // 11.12). Plain HTTP on the port fails the handshake and the socket is closed at once.
-import type { IncomingMessage, RequestListener, ServerResponse } from 'node:http';
+import http, { type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
 import https from 'node:https';
+import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from '../log';
@@ -57,10 +58,38 @@ const DEFAULT_MAX_CONNECTIONS = 256;
 const AES_128_FIRST = 'TLS_AES_128_GCM_SHA256';
 export const API_CIPHERS = [AES_128_FIRST, ...tls.DEFAULT_CIPHERS.split(':').filter((suite) => suite !== AES_128_FIRST)].join(':');
 
-function refuse(res: ServerResponse, details: string): void {
-  const body = JSON.stringify({ error: 'Forbidden', details });
-  res.writeHead(403, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body), Connection: 'close' });
+function sendError(res: ServerResponse, status: number, label: string, details: string): void {
+  const body = JSON.stringify({ error: label, details });
+  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body), Connection: 'close' });
   res.end(body);
+}
+
+function refuse(res: ServerResponse, details: string): void {
+  sendError(res, 403, 'Forbidden', details);
+}
+
+/** A whole response written straight to the socket, for the cases where Node has no ServerResponse. */
+function sendRawError(socket: Duplex, status: number, label: string, details: string): void {
+  const body = JSON.stringify({ error: label, details });
+  socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? label}\r\nContent-Type: application/json; charset=utf-8\r\n`
+    + `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`, () => socket.destroy());
+}
+
+/**
+ * Status, label and details for a request Node could not take in (parse error, size, timeout);
+ * undefined for failures below HTTP (TLS, resets), which get no answer.
+ */
+function clientErrorResponse(err: NodeJS.ErrnoException & { reason?: string }): [number, string, string] | undefined {
+  switch (err.code) {
+    case 'HPE_HEADER_OVERFLOW':
+      return [431, 'Request Header Fields Too Large', `the request line and headers are larger than ${http.maxHeaderSize} bytes`];
+    case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
+      return [413, 'Payload Too Large', 'the chunk extensions of the request body are too large'];
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return [408, 'Request Timeout', 'the request did not arrive in time'];
+    default:
+      return err.code?.startsWith('HPE_') === true ? [400, 'Bad Request', `malformed HTTP request: ${err.reason ?? err.message}`] : undefined;
+  }
 }
 
 /** Throws on a malformed allow-list entry, naming it. */
@@ -105,7 +134,28 @@ export function createApiServer(options: ApiServerOptions): https.Server {
     keepAliveTimeout: timeouts.keepAliveMs,
     // Node enforces the header and request timeouts on this tick (30 s unless set).
     connectionsCheckingInterval: Math.min(1000, timeouts.headersMs / 2),
+    // An HTTP/1.1 request without Host is refused by the app, with a JSON body (app.ts).
+    requireHostHeader: false,
   }, handler);
+  // Node answers these itself with an empty body, or (CONNECT) drops the connection: give them
+  // the {error, details} body of every other refusal.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    // Node's own rule: once a response has started on this socket, nothing else may be written.
+    const inFlight = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
+    const response = clientErrorResponse(err);
+    if (response === undefined || !socket.writable || inFlight?.headersSent === true) {
+      socket.destroy();
+      return;
+    }
+    const [status, label, details] = response;
+    options.log.info({ remote: (socket as Socket).remoteAddress, status, err: err.code ?? err.message }, 'malformed or incomplete request refused');
+    sendRawError(socket, status, label, details);
+  });
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    sendError(res, 417, 'Expectation Failed', `only "Expect: 100-continue" is supported, got ${JSON.stringify(req.headers.expect)}`);
+  });
+  // No route takes CONNECT: the same 404 as any other method a route does not serve.
+  server.on('connect', (_req: IncomingMessage, socket: Duplex) => sendRawError(socket, 404, 'Not found', 'Resource not found'));
   server.setTimeout(timeouts.idleSocketMs);
   server.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   server.on('tlsClientError', (err, socket) => {

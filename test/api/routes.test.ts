@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import zlib from 'node:zlib';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { FakeAgentService } from './helpers/fake-service';
 import { json, randomFile, startServer, tempDir, type Response, type TestServer } from './helpers/server';
@@ -36,8 +37,8 @@ beforeEach(() => {
 });
 
 const get = (path: string, headers?: Record<string, string>): Promise<Response> => server.request(path, { headers });
-const post = (path: string, body: string, contentType = 'application/json'): Promise<Response> =>
-  server.request(path, { method: 'POST', body, headers: { 'Content-Type': contentType } });
+const post = (path: string, body: string | Buffer, contentType = 'application/json', headers: Record<string, string> = {}): Promise<Response> =>
+  server.request(path, { method: 'POST', body, headers: { 'Content-Type': contentType, ...headers } });
 
 function assertJson(response: Response, status: number): unknown {
   assert.equal(response.status, status, response.body.toString());
@@ -90,6 +91,15 @@ describe('disks', () => {
     assertError(await get('/api/v1/disks?includeVirtual=yes'), 400, 'Bad Request', /includeVirtual must be a boolean.*"yes"/);
     assertError(await get('/api/v1/disks/?includeSwap=2'), 400, 'Bad Request', /includeSwap must be a boolean/);
     assertError(await get('/api/v1/disks?includeSwap=1&includeSwap=0'), 400, 'Bad Request', /includeSwap is given 2 times/);
+  });
+
+  test('flags: other letter cases, padding, escapes and repeats are 400s; unknown parameters are ignored', async () => {
+    for (const value of ['tRUE', 'yes', 'on', '%20true', 'true%00', '%E0']) {
+      assertError(await get(`/api/v1/disks?includeVirtual=${value}`), 400, 'Bad Request', /includeVirtual must be a boolean/);
+    }
+    assertError(await get('/api/v1/disks?includeVirtual=1&includeVirtual=1'), 400, 'Bad Request', /given 2 times/);
+    assertJson(await get('/api/v1/disks?includevirtual=1&__proto__=1&constructor=x'), 200);
+    assert.deepEqual(service.calls.listDisks.at(-1), { includeVirtual: false, includeSwap: false }, 'parameter names are case-sensitive');
   });
 
   test('one disk: tracked gives the disk with its id, anything else 404', async () => {
@@ -181,6 +191,56 @@ describe('snapshots', () => {
     }
     assert.deepEqual(service.calls.createSnapshot, [], 'nothing invalid reaches the service');
     assertError(await post('/api/v1/snapshots', 'tracked_disk_ids=vda', 'application/x-www-form-urlencoded'), 415, 'Unsupported Media Type', /takes a JSON body/);
+  });
+
+  test('deeply nested, huge or oddly typed JSON: 400s saying what is wrong, never a 500', async () => {
+    const cases: Array<[string, RegExp]> = [
+      ['['.repeat(30_000) + ']'.repeat(30_000), /must be a JSON object/],
+      [`{"tracked_disk_ids": ${'['.repeat(20_000)}${']'.repeat(20_000)}}`, /tracked_disk_ids\[0\] must be a non-empty string, got an array/],
+      ['{"tracked_disk_ids": [1e400]}', /got number Infinity/],
+      ['{"tracked_disk_ids": [18446633009895023040]}', /got number/],
+      ['{"tracked_disk_ids": {"0": "vda"}}', /must be a list .* got an object/],
+      ['{"tracked_disk_ids": ["vda"]} trailing', /not valid JSON/],
+      ['true', /must be a JSON object/],
+      ['{"__proto__": {"tracked_disk_ids": ["vda"]}}', /tracked_disk_ids is required/],
+    ];
+    for (const [body, details] of cases) {
+      assertError(await post('/api/v1/snapshots', body), 400, 'Bad Request', details);
+    }
+    assert.deepEqual(service.calls.createSnapshot, []);
+  });
+
+  test('a field given in two spellings is a 400 naming both, not a silent pick of one', async () => {
+    assertError(await post('/api/v1/snapshots', '{"tracked_disk_ids": ["vda"], "TRACKED_DISK_IDS": ["vdc"]}'), 400, 'Bad Request',
+      /tracked_disk_ids is given more than once, as "tracked_disk_ids" and "TRACKED_DISK_IDS"/);
+    assertError(await post('/api/v1/snapstoremappings', 'Tracked_Disk_Id=vdc&tracked_disk_id=vdd&snapstore_location_id=/x', 'application/x-www-form-urlencoded'),
+      400, 'Bad Request', /tracked_disk_id is given more than once/);
+    assert.deepEqual(service.calls.createSnapshot, []);
+  });
+
+  test('bodies that cannot be read as JSON text are 415s saying why: compressed, another charset, multipart', async () => {
+    const body = '{"tracked_disk_ids": ["vda"]}';
+    assertError(await post('/api/v1/snapshots', zlib.gzipSync(body), 'application/json', { 'Content-Encoding': 'gzip' }), 415, 'Unsupported Media Type',
+      /takes a JSON body, uncompressed, not a body with Content-Encoding gzip/);
+    assertError(await post('/api/v1/snapshots', Buffer.from(body, 'utf16le'), 'application/json; charset=UTF-16LE'), 415, 'Unsupported Media Type',
+      /takes a JSON body in UTF-8, not charset utf-16le/);
+    assertError(await post('/api/v1/snapstoremappings', 'tracked_disk_id=vd%E9', 'application/x-www-form-urlencoded; charset=ISO-8859-1'), 415,
+      'Unsupported Media Type', /not charset iso-8859-1/);
+    assertError(await post('/api/v1/snapstoremappings', '--b\r\nContent-Disposition: form-data; name="tracked_disk_id"\r\n\r\nvdc\r\n--b--\r\n',
+      'multipart/form-data; boundary=b'), 415, 'Unsupported Media Type', /takes a JSON body or an application\/x-www-form-urlencoded form, not multipart\/form-data/);
+    assert.deepEqual(service.calls.createSnapshot, []);
+    for (const type of ['application/json; charset=utf-8', 'application/json;charset="UTF-8"', 'application/json; charset=utf8', 'application/json; charset=us-ascii']) {
+      assertJson(await post('/api/v1/snapshots', body, type, { 'Content-Encoding': 'identity' }), 200);
+      service.snapshots.clear();
+    }
+  });
+
+  test('bytes that are not UTF-8 are a 400, never a disk id with U+FFFD in it; a byte order mark is ignored', async () => {
+    assertError(await post('/api/v1/snapshots', Buffer.from('{"tracked_disk_ids": ["v\xe9"]}', 'latin1')), 400, 'Bad Request', /not valid UTF-8/);
+    assertError(await post('/api/v1/snapstoremappings', 'tracked_disk_id=vd%E9&snapstore_location_id=%2Fx', 'application/x-www-form-urlencoded'),
+      400, 'Bad Request', /form field "vd%E9" is not valid percent-encoded UTF-8/);
+    assert.deepEqual(service.calls.createSnapshot, []);
+    assertJson(await post('/api/v1/snapshots', Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"tracked_disk_ids": ["vda"]}')])), 200);
   });
 
   test('service refusals: unknown disk 404, no mapping 404, a second snapshot of a disk 409', async () => {
@@ -315,6 +375,22 @@ describe('unknown routes and methods', () => {
       '/api/v1/snapshots/1/consume', '/api/v1//disks']) {
       assert.deepEqual(assertJson(await get(path), 404), NOT_FOUND, path);
     }
+  });
+
+  test('odd ids in the path (NUL, encoded slash, dots, bad escapes, overlong) are a JSON 404 naming the id, never a 500', async () => {
+    const id = await createSnapshot();
+    const ids: Array<[string, string]> = [
+      ['a%00b', 'a\u0000b'], ['a%2Fb', 'a/b'], ['..', '..'], ['1.5', '1.5'], ['%E0%A4%A', '%E0%A4%A'], ['%ZZ', '%ZZ'], ['x'.repeat(8000), 'x'.repeat(8000)],
+      [`${id}%20`, `${id} `], ['-1', '-1'], ['%F0%9F%92%BE', '\u{1F4BE}'],
+    ];
+    for (const [raw, decoded] of ids) {
+      const escaped = decoded.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+      assertError(await get(`/api/v1/disks/${raw}`), 404, 'Not Found', new RegExp(`disk ${escaped} is not tracked`));
+      assertError(await get(`/api/v1/snapshots/${raw}/`), 404, 'Not Found', new RegExp(`snapshot ${escaped} not found`));
+      assertError(await get(`/api/v1/snapshots/${raw}/changes/vda`), 404, 'Not Found', new RegExp(`snapshot ${escaped} not found`));
+      assertError(await get(`/api/v1/snapshots/${id}/changes/${raw}`), 404, 'Not Found', new RegExp(`volume snapshot for ${escaped}`));
+    }
+    assert.equal(service.snapshots.size, 1, 'the snapshot is still the only one');
   });
 
   test('a wrong method, OPTIONS, or HEAD off consume is the JSON 404, never 405', async () => {

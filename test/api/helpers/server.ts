@@ -6,9 +6,10 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import tls from 'node:tls';
 import { createApp, type AppOptions } from '../../../src/api/app';
 import { closeApiServer, createApiServer, listenApiServer, type ApiServerTimeouts } from '../../../src/api/server';
-import { silentLogger } from '../../../src/log';
+import { silentLogger, type Logger } from '../../../src/log';
 import { makeTestCerts, type TestCerts } from '../../helpers/certs';
 
 export interface Response {
@@ -36,6 +37,8 @@ export interface TestServer {
   certs: TestCerts;
   ca: string;
   request(pathAndQuery: string, options?: RequestOptions): Promise<Response>;
+  /** Sends `bytes` as they are; resolves with everything received once the server closes. */
+  raw(bytes: string | Buffer): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -64,6 +67,8 @@ export function testCerts(): TestCerts {
 }
 
 export interface StartOptions extends Omit<AppOptions, 'log'> {
+  /** Silent unless given. */
+  log?: Logger;
   allowedClients?: string[];
   timeouts?: Partial<ApiServerTimeouts>;
 }
@@ -71,7 +76,7 @@ export interface StartOptions extends Omit<AppOptions, 'log'> {
 export async function startServer(options: StartOptions): Promise<TestServer> {
   const certs = testCerts();
   const read = (file: string): string => fs.readFileSync(file, 'utf8');
-  const log = silentLogger();
+  const log = options.log ?? silentLogger();
   const app = createApp({ ...options, log });
   const server = createApiServer({
     tls: { certificate: read(certs.serverCert), key: read(certs.serverKey), caCertificate: read(certs.caCert) },
@@ -89,6 +94,7 @@ export async function startServer(options: StartOptions): Promise<TestServer> {
     certs,
     ca,
     request: (pathAndQuery, requestOptions = {}) => request(port, ca, pathAndQuery, { credentials: defaults, ...requestOptions }),
+    raw: (bytes) => rawExchange(port, ca, defaults, bytes),
     close: () => closeApiServer(server, 100),
   };
 }
@@ -113,6 +119,24 @@ export function request(port: number, ca: string, pathAndQuery: string, options:
     });
     req.on('error', reject);
     req.end(options.body);
+  });
+}
+
+/** For what an HTTP client library would refuse to send. Rejects if the server keeps the connection open 10 s. */
+export function rawExchange(port: number, ca: string, credentials: ClientCredentials, bytes: string | Buffer): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const received: Buffer[] = [];
+    const socket = tls.connect({ host: '127.0.0.1', servername: 'localhost', port, ca, ...credentials }, () => socket.write(bytes));
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`the server kept the connection open; received ${JSON.stringify(Buffer.concat(received).toString())}`));
+    }, 10_000);
+    socket.on('data', (chunk: Buffer) => received.push(chunk));
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(received).toString('utf8'));
+    });
   });
 }
 
