@@ -3,9 +3,10 @@
 //
 // Read data goes from the image reader to the socket without a copy: in plaintext the reply
 // header and the reader's buffer are written corked, as one writev; over TLS, one after the
-// other, since Node's TLS would join a writev's buffers in a copy. A simple reply cannot report an error once
-// its header is out, so the whole read completes before anything is sent; structured replies use
-// the same path (one OFFSET_DATA chunk per read), which also honours "don't fragment" for free.
+// other, since Node's TLS would join a writev's buffers in a copy. A simple reply cannot report
+// an error once its header is out, so the whole read completes before anything is sent;
+// structured replies use the same path (one OFFSET_DATA chunk per read), which also honours
+// "don't fragment" for free.
 // Reads of adjacent ranges that arrive together (a sequential copy keeps dozens in flight) are
 // read from the image as one, and each reply gets its slice: disks do better with fewer, larger
 // requests.
