@@ -111,9 +111,7 @@ describe('bodies that stop arriving', () => {
     const log = bunyan.createLogger({ name: 'test', streams: [{ type: 'raw', stream: records, level: 'debug' }] });
     const slow = await startServer({ service, log, timeouts: { headersMs: 400, requestMs: 400 } });
     try {
-      const started = Date.now();
       const text = await slow.raw('POST /api/v1/snapshots HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"tracked');
-      assert.ok(Date.now() - started < 5000);
       const [response] = parseResponses(text);
       assert.equal(response!.status, 408);
       assert.deepEqual(JSON.parse(response!.body), { error: 'Request Timeout', details: 'the request did not arrive in time' });
