@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from '../log';
 import { clientIdentity, matchesClient, parseClientMatcher, type ClientMatcher } from '../client-identity';
+import { errorResponse, HttpError, routeNotFound } from './errors';
 
 export interface ApiTlsMaterial {
   /** PEM server certificate, optionally followed by its chain. */
@@ -58,37 +59,44 @@ const DEFAULT_MAX_CONNECTIONS = 256;
 const AES_128_FIRST = 'TLS_AES_128_GCM_SHA256';
 export const API_CIPHERS = [AES_128_FIRST, ...tls.DEFAULT_CIPHERS.split(':').filter((suite) => suite !== AES_128_FIRST)].join(':');
 
-function sendError(res: ServerResponse, status: number, label: string, details: string): void {
-  const body = JSON.stringify({ error: label, details });
-  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body), Connection: 'close' });
+/** Status, headers and body of the JSON answer to `err`, as errors.ts words every refusal. */
+function encodeError(err: HttpError): { status: number; headers: Record<string, string>; body: string } {
+  const { status, body: fields, headers } = errorResponse(err);
+  const body = JSON.stringify(fields);
+  return {
+    status,
+    headers: { ...headers, 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': String(Buffer.byteLength(body)), Connection: 'close' },
+    body,
+  };
+}
+
+function sendError(res: ServerResponse, err: HttpError): void {
+  const { status, headers, body } = encodeError(err);
+  res.writeHead(status, headers);
   res.end(body);
 }
 
-function refuse(res: ServerResponse, details: string): void {
-  sendError(res, 403, 'Forbidden', details);
-}
-
 /** A whole response written straight to the socket, for the cases where Node has no ServerResponse. */
-function sendRawError(socket: Duplex, status: number, label: string, details: string): void {
-  const body = JSON.stringify({ error: label, details });
-  socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? label}\r\nContent-Type: application/json; charset=utf-8\r\n`
-    + `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`, () => socket.destroy());
+function sendRawError(socket: Duplex, err: HttpError): void {
+  const { status, headers, body } = encodeError(err);
+  const head = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`).join('');
+  socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? err.label}\r\n${head}\r\n${body}`, () => socket.destroy());
 }
 
 /**
- * Status, label and details for a request Node could not take in (parse error, size, timeout);
- * undefined for failures below HTTP (TLS, resets), which get no answer.
+ * The refusal of a request Node could not take in (parse error, size, timeout); undefined for
+ * failures below HTTP (TLS, resets), which get no answer.
  */
-function clientErrorResponse(err: NodeJS.ErrnoException & { reason?: string }): [number, string, string] | undefined {
+function clientErrorRefusal(err: NodeJS.ErrnoException & { reason?: string }): HttpError | undefined {
   switch (err.code) {
     case 'HPE_HEADER_OVERFLOW':
-      return [431, 'Request Header Fields Too Large', `the request line and headers are larger than ${http.maxHeaderSize} bytes`];
+      return new HttpError(431, 'Request Header Fields Too Large', `the request line and headers are larger than ${http.maxHeaderSize} bytes`);
     case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
-      return [413, 'Payload Too Large', 'the chunk extensions of the request body are too large'];
+      return new HttpError(413, 'Payload Too Large', 'the chunk extensions of the request body are too large');
     case 'ERR_HTTP_REQUEST_TIMEOUT':
-      return [408, 'Request Timeout', 'the request did not arrive in time'];
+      return new HttpError(408, 'Request Timeout', 'the request did not arrive in time');
     default:
-      return err.code?.startsWith('HPE_') === true ? [400, 'Bad Request', `malformed HTTP request: ${err.reason ?? err.message}`] : undefined;
+      return err.code?.startsWith('HPE_') === true ? new HttpError(400, 'Bad Request', `malformed HTTP request: ${err.reason ?? err.message}`) : undefined;
   }
 }
 
@@ -116,7 +124,7 @@ export function createApiServer(options: ApiServerOptions): https.Server {
         return;
       }
       const identity = clientIdentity(req.socket);
-      refuse(res, `client certificate ${identity?.subject ?? ''} (sha256 ${identity?.fingerprint256 ?? ''}) is not allowed`);
+      sendError(res, new HttpError(403, 'Forbidden', `client certificate ${identity?.subject ?? ''} (sha256 ${identity?.fingerprint256 ?? ''}) is not allowed`));
     };
 
   const server = https.createServer({
@@ -142,20 +150,19 @@ export function createApiServer(options: ApiServerOptions): https.Server {
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
     // Node's own rule: once a response has started on this socket, nothing else may be written.
     const inFlight = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
-    const response = clientErrorResponse(err);
-    if (response === undefined || !socket.writable || inFlight?.headersSent === true) {
+    const refusal = clientErrorRefusal(err);
+    if (refusal === undefined || !socket.writable || inFlight?.headersSent === true) {
       socket.destroy();
       return;
     }
-    const [status, label, details] = response;
-    options.log.info({ remote: (socket as Socket).remoteAddress, status, err: err.code ?? err.message }, 'malformed or incomplete request refused');
-    sendRawError(socket, status, label, details);
+    options.log.info({ remote: (socket as Socket).remoteAddress, status: refusal.status, err: err.code ?? err.message }, 'malformed or incomplete request refused');
+    sendRawError(socket, refusal);
   });
   server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
-    sendError(res, 417, 'Expectation Failed', `only "Expect: 100-continue" is supported, got ${JSON.stringify(req.headers.expect)}`);
+    sendError(res, new HttpError(417, 'Expectation Failed', `only "Expect: 100-continue" is supported, got ${JSON.stringify(req.headers.expect)}`));
   });
   // No route takes CONNECT: the same 404 as any other method a route does not serve.
-  server.on('connect', (_req: IncomingMessage, socket: Duplex) => sendRawError(socket, 404, 'Not found', 'Resource not found'));
+  server.on('connect', (_req: IncomingMessage, socket: Duplex) => sendRawError(socket, routeNotFound()));
   server.setTimeout(timeouts.idleSocketMs);
   server.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   server.on('tlsClientError', (err, socket) => {
