@@ -28,9 +28,9 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { faultPoint } from '../faults';
 import { fileLayout, queryBlockDevice } from '../native/blockdev';
 import { DirectReader } from '../native/reader';
-import { faultPoint } from '../faults';
 import { SerialQueue } from '../serial';
 import { EngineError } from './errors';
 import { spansThatMayDiffer } from './layout';
@@ -258,7 +258,7 @@ class SimulatedSnapstore extends EventEmitter implements Snapstore {
 
 export class SimulatedEngine implements SnapshotEngine {
   readonly kind = 'simulated';
-  /** The committed state: what the "kernel" holds. Changed only by `transact`. */
+  /** The committed state: what the "kernel" holds. Changed only by `start` and `transact`. */
   private state: ModelState | null = null;
   private savedJson = '';
   private diskList: SimulatedDisk[] = [];
@@ -390,7 +390,6 @@ export class SimulatedEngine implements SnapshotEngine {
 
   createSnapstore(options: SnapstoreOptions): Promise<Snapstore> {
     return this.queue.run(async () => {
-      this.live();
       if (!/^[0-9a-f]{32}$/.test(options.id)) throw new EngineError('EINVAL', 'SNAPSTORE_CREATE', 'the id must be 32 hex digits');
       if (options.devices.length === 0) throw new EngineError('EINVAL', 'SNAPSTORE_CREATE', 'no devices');
       for (const device of options.devices) this.disk(device, 'SNAPSTORE_CREATE');
@@ -484,7 +483,6 @@ export class SimulatedEngine implements SnapshotEngine {
 
   createSnapshot(devices: DeviceId[]): Promise<SnapshotInfo> {
     return this.queue.run(async () => {
-      this.live();
       if (devices.length === 0) throw new EngineError('ENODEV', 'SNAPSHOT_CREATE', 'no devices');
       devices.forEach((device, index) => {
         if (devices.findIndex((d) => same(d, device)) !== index) {
@@ -681,7 +679,8 @@ export class SimulatedEngine implements SnapshotEngine {
       this.state = next;
       return result;
     } catch (err) {
-      await this.removeUnreferenced();
+      // What the change made is named by no committed state; if removing it fails, start does it.
+      await this.removeUnreferenced().catch(() => undefined);
       throw err;
     }
   }

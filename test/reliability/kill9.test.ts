@@ -238,6 +238,7 @@ disks = [${DISKS.map((d) => q(diskFile(d))).join(', ')}]
   await checkIncrementals();
   for (let cycle = 0; cycle < CYCLES; cycle++) {
     const kind = pick(['create', 'delete', 'download']);
+    t.diagnostic(`cycle ${cycle}: kill -9 during ${kind}`);
     // Set the stage without a kill: a free disk to snapshot, or a snapshot to delete or read.
     if (kind === 'create' && busyDisks().size === DISKS.length) {
       const id = pick([...known.keys()]);
