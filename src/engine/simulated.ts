@@ -301,6 +301,7 @@ export class SimulatedEngine implements SnapshotEngine {
     }
     // Recovery: whatever an interrupted operation made or meant to delete is named by no committed state.
     await this.removeUnreferenced();
+    await this.recountCopiedBlocks();
     this.poller = setInterval(() => void this.scan(), this.options.pollIntervalMs ?? 1000);
     this.poller.unref();
   }
@@ -662,6 +663,35 @@ export class SimulatedEngine implements SnapshotEngine {
     for (const [imagePath, copied] of counted) this.copiedBlocks.set(imagePath, copied);
     for (const [imagePath, stamp] of stamps) this.scannedStamps.set(imagePath, stamp);
     for (const [id, event] of events) this.snapstoreObjects.get(id)?.emit('event', event);
+  }
+
+  /**
+   * After a restart, which blocks were copied is no longer in memory; every block where an
+   * origin differs from its image was copied, so those are remembered as counted, and a
+   * snapstore's fill is at least what they take (more when writes came while no one counted).
+   */
+  private async recountCopiedBlocks(): Promise<void> {
+    const copiedPerImage = new Map<string, Set<number>>();
+    await this.transact(async (next) => {
+      const provenFill = new Map<SnapstoreState, number>();
+      for (const image of next.snapshots.flatMap((s) => s.images)) {
+        // A disk no longer configured cannot be compared; its snapshot can still be destroyed.
+        const disk = this.diskList.find((d) => same(d.device, image.original));
+        if (disk === undefined) continue;
+        const copied = new Set<number>();
+        const size = (await fsp.stat(image.path)).size;
+        await forEachDifferentBlock(disk.path, image.path, size, COW_BLOCK_SIZE, (index) => copied.add(index));
+        copiedPerImage.set(image.path, copied);
+        const snapstore = this.snapstoreServing(image.original, next);
+        if (snapstore !== undefined) provenFill.set(snapstore, (provenFill.get(snapstore) ?? 0) + copied.size * COW_BLOCK_SIZE);
+      }
+      for (const [snapstore, filled] of provenFill) {
+        if (snapstore.overflowed || filled <= snapstore.filledBytes) continue;
+        snapstore.overflowed = filled > snapstore.capacityBytes;
+        snapstore.filledBytes = Math.min(filled, snapstore.capacityBytes);
+      }
+    });
+    for (const [imagePath, copied] of copiedPerImage) this.copiedBlocks.set(imagePath, copied);
   }
 
   // ---- state ----------------------------------------------------------------------------------
