@@ -2,6 +2,7 @@
 // serve only snapshots whose images still hold their true content.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -77,6 +78,52 @@ describe('kill -9 during snapshot deletion', () => {
       const id = created.stdout.trim();
       assert.equal(child(dir, ['delete', id], point).signal, 'SIGKILL');
       assertClean(check(dir));
+    });
+  }
+});
+
+describe('kill -9 inside the engine during a two-disk create', () => {
+  const CBT_BLOCK = 256 * 1024;
+
+  function writeBlocks(file: string, blocks: number[], tag: string): void {
+    const fd = fs.openSync(file, 'r+');
+    try {
+      for (const block of blocks) fs.writeSync(fd, Buffer.alloc(4096, `${tag}/${block}`), 0, 4096, block * CBT_BLOCK + 4096);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  interface Changes { generationId: string; snapshotNumber: number; backupType: string; ranges: Array<{ offset: number; length: number }> }
+  function changes(dir: string, id: string, since: string[] = []): Changes {
+    const result = child(dir, ['changes', id, ...since]);
+    assert.equal(result.status, 0, result.stderr);
+    return JSON.parse(result.stdout) as Changes;
+  }
+
+  for (const point of ['engine:create:ref', 'engine:create:captured']) {
+    test(`at ${point}: the next snapshot works and its incremental holds every block written since the last good one`, async (t) => {
+      const dir = await scratch();
+      t.after(() => fsp.rm(dir, { recursive: true, force: true }));
+      const first = child(dir, ['create']);
+      assert.equal(first.status, 0, first.stderr);
+      const good = changes(dir, first.stdout.trim());
+      assert.equal(child(dir, ['delete', first.stdout.trim()]).status, 0);
+
+      const disk0 = path.join(dir, 'disk0.img');
+      writeBlocks(disk0, [20, 22, 24, 26], 'before the crash');
+      assert.equal(child(dir, ['create'], point).signal, 'SIGKILL');
+      assertClean(check(dir));
+      writeBlocks(disk0, [40, 42, 44, 46], 'after the restart');
+
+      const next = child(dir, ['create']);
+      assert.equal(next.status, 0, `the disks can still be snapshotted: ${next.stderr}`);
+      const incremental = changes(dir, next.stdout.trim(), [good.generationId, String(good.snapshotNumber)]);
+      assert.equal(incremental.backupType, 'incremental');
+      const blocks = incremental.ranges.flatMap((r) =>
+        Array.from({ length: r.length / CBT_BLOCK }, (_, i) => r.offset / CBT_BLOCK + i));
+      assert.deepEqual(blocks, [20, 22, 24, 26, 40, 42, 44, 46]);
     });
   }
 });

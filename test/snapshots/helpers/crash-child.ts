@@ -1,16 +1,23 @@
-// A short-lived agent for the crash tests: `create`, `delete ID` or `check` on the lifecycle
-// environment in DIR. With CSA_FAULT_POINT set it dies by SIGKILL at that point; `check`
-// starts like a restarted agent (reconciling) and prints what is left as one JSON line.
+// A short-lived agent for the crash tests: `create`, `delete ID`, `changes ID [GEN NUMBER]`
+// (of disk0, with its own numbers) or `check` on the lifecycle environment in DIR. With
+// CSA_FAULT_POINT set it dies by SIGKILL at that point; `check` starts like a restarted agent
+// (reconciling) and prints what is left as one JSON line.
 import { lifecycleEnv, MiB, pattern, simulatedMachine, snapstoreFiles } from './env';
 
 async function main(): Promise<void> {
-  const [dir, action, id] = process.argv.slice(2);
+  const [dir, action, id, generationId, number] = process.argv.slice(2);
   const env = await lifecycleEnv({ machine: await simulatedMachine(dir) });
   if (action === 'create') {
     const snapshot = await env.manager.createSnapshot(['disk0', 'disk1']);
     process.stdout.write(`${snapshot.id}\n`);
   } else if (action === 'delete') {
     await env.manager.deleteSnapshot(id!);
+  } else if (action === 'changes') {
+    const volume = (await env.manager.getSnapshot(id!)).volumes.find((v) => v.trackedDiskId === 'disk0')!;
+    const changes = await env.manager.changes(id!, 'disk0', {
+      previousGenerationId: generationId, previousNumber: number === undefined ? undefined : Number(number),
+    });
+    process.stdout.write(`${JSON.stringify({ generationId: volume.generationId, snapshotNumber: volume.snapshotNumber, ...changes })}\n`);
   } else {
     const snapshots = await env.manager.listSnapshots();
     const intact: boolean[] = [];
