@@ -1,12 +1,14 @@
-// The koa application of the REST API: access log, error mapping, the routes under /api/v1 and
-// a JSON 404 for everything else (unknown paths, wrong methods, OPTIONS, HEAD off consume).
+// The koa application of the REST API: access log, error mapping, the routes under /api/v1,
+// a JSON 405 with Allow for a known path asked with another method, and a JSON 404 for
+// everything else.
+import type Router from '@koa/router';
 import Koa, { type Middleware } from 'koa';
 import type { Logger } from '../log';
 import type { AgentService } from '../service';
 import { DEFAULT_BODY_LIMIT } from './body';
 import { clientIdentity } from '../client-identity';
 import { ClientGoneError, DEFAULT_CONSUME_OPTIONS, type ConsumeOptions } from './consume';
-import { errorResponse, HttpError, routeNotFound } from './errors';
+import { errorResponse, HttpError, methodNotAllowed, routeNotFound } from './errors';
 import { apiRouter } from './routes';
 import { HOST_SOURCES, type SystemInfoSources } from './systeminfo';
 
@@ -84,9 +86,14 @@ const requireHost: Middleware = async (ctx, next) => {
   await next();
 };
 
-const notFoundFallback: Middleware = () => {
-  throw routeNotFound();
-};
+/** Reached when no route took the request: 405 if some route serves the path, else 404. */
+function unrouted(router: Router): Middleware {
+  return (ctx) => {
+    const allowed = new Set(router.match(ctx.path, ctx.method).path.flatMap((layer) => layer.methods));
+    if (allowed.size === 0) throw routeNotFound();
+    throw methodNotAllowed(ctx.method, [...allowed]);
+  };
+}
 
 export function createApp(options: AppOptions): Koa {
   const app = new Koa();
@@ -103,6 +110,6 @@ export function createApp(options: AppOptions): Koa {
   app.use(errorResponses(options.log));
   app.use(requireHost);
   app.use(router.routes());
-  app.use(notFoundFallback);
+  app.use(unrouted(router));
   return app;
 }
