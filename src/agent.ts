@@ -105,7 +105,14 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
     const api = createApiServer({
       tls: config.api.tls,
       allowedClients: config.api.allowedClients,
-      handler: createApp({ service, log }).callback(),
+      handler: createApp({ service, log, health: {
+        engine: async () => {
+          await engine.listTrackers();
+          return engine.kind;
+        },
+        database: () => state.setMeta('health_checked_at', new Date().toISOString()),
+        growthStepBytes: config.snapStoreFileSize,
+      } }).callback(),
       log,
     });
     await listenApiServer(api, config.api.port, config.api.bind);

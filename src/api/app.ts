@@ -8,6 +8,7 @@ import type { AgentService } from '../service';
 import { DEFAULT_BODY_LIMIT } from './body';
 import { clientIdentity } from '../client-identity';
 import { ClientGoneError, DEFAULT_CONSUME_OPTIONS, type ConsumeOptions } from './consume';
+import type { HealthProbes } from './health';
 import { errorResponse, HttpError, methodNotAllowed, routeNotFound } from './errors';
 import { apiRouter } from './routes';
 import { HOST_SOURCES, type SystemInfoSources } from './systeminfo';
@@ -20,6 +21,8 @@ export interface AppOptions {
   bodyLimit?: number;
   /** Where systeminfo reads the host; tests point it at fixtures. */
   systemInfo?: SystemInfoSources;
+  /** What GET /health probes beyond the service. */
+  health: HealthProbes;
 }
 
 /** One line per request when the response is over (or the connection is gone), with who asked. */
@@ -105,6 +108,7 @@ export function createApp(options: AppOptions): Koa {
     consume: { ...DEFAULT_CONSUME_OPTIONS, ...options.consume },
     bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
     systemInfo: options.systemInfo ?? HOST_SOURCES,
+    health: options.health,
   });
   app.use(accessLog(options.log));
   app.use(errorResponses(options.log));

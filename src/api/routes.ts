@@ -6,6 +6,7 @@ import type { Logger } from '../log';
 import type { AgentService } from '../service';
 import { diskToJSON } from '../storage/disks';
 import { readBody } from './body';
+import { collectHealth, type HealthProbes } from './health';
 import { consumeImage, type ConsumeOptions } from './consume';
 import {
   changesToJSON, locationToJSON, mappingToJSON, snapshotToJSON, snapstoreToJSON,
@@ -21,6 +22,7 @@ export interface RouteOptions {
   consume: ConsumeOptions;
   bodyLimit: number;
   systemInfo: SystemInfoSources;
+  health: HealthProbes;
 }
 
 export function apiRouter(options: RouteOptions): Router {
@@ -73,6 +75,12 @@ export function apiRouter(options: RouteOptions): Router {
 
   router.get('/systeminfo', async (ctx) => {
     ctx.body = await collectSystemInfo(service, log, options.systemInfo);
+  });
+  router.get('/health', async (ctx) => {
+    const health = await collectHealth(service, options.health, log);
+    ctx.status = health.status === 'failing' ? 503 : 200;
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = health;
   });
 
   return router;
