@@ -13,6 +13,7 @@ import type { SnapshotEngine } from './engine/types';
 import { VeeamsnapEngine } from './engine/veeamsnap';
 import { SqliteExportRegistry } from './exports/registry';
 import type { Logger } from './log';
+import { openConnections, registerMetricSources, trackedCbt } from './metrics';
 import { queryBlockDevice } from './native/blockdev';
 import { createNbdServer } from './nbd/server';
 import type { AgentService } from './service';
@@ -130,6 +131,9 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
     });
     const { port: nbdPort } = await nbd.listen();
     stack.push(() => nbd.close());
+    stack.push(registerMetricSources({
+      service, cbt: () => trackedCbt(engine, state), httpConnections: () => openConnections(api), nbdConnections: () => nbd.connectionCount,
+    }));
 
     const apiUrl = `https://${urlHost(config.api.bind)}:${apiPort}/api/v1`;
     const nbdUrl = `${config.nbd.tls === 'off' ? 'nbd' : 'nbds'}://${urlHost(config.nbd.bind)}:${nbdPort}`;

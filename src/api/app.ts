@@ -2,8 +2,9 @@
 // a JSON 405 with Allow for a known path asked with another method, and a JSON 404 for
 // everything else.
 import type Router from '@koa/router';
-import Koa, { type Middleware } from 'koa';
+import Koa, { type Context, type Middleware } from 'koa';
 import type { Logger } from '../log';
+import { observeHttpRequest } from '../metrics';
 import type { AgentService } from '../service';
 import { DEFAULT_BODY_LIMIT } from './body';
 import { clientIdentity } from '../client-identity';
@@ -25,7 +26,13 @@ export interface AppOptions {
   health: HealthProbes;
 }
 
-/** One line per request when the response is over (or the connection is gone), with who asked. */
+/** The template of the route that served the request (set by the router), or null. */
+function routeTemplate(ctx: Context): string | null {
+  const matched = (ctx as Context & { _matchedRoute?: unknown })._matchedRoute;
+  return typeof matched === 'string' ? matched : null;
+}
+
+/** One line per request and its metrics when the response is over (or the connection is gone), with who asked. */
 function accessLog(log: Logger): Middleware {
   return async (ctx, next) => {
     const started = process.hrtime.bigint();
@@ -35,13 +42,15 @@ function accessLog(log: Logger): Middleware {
     const client = clientIdentity(socket);
     const remote = socket.remoteAddress;
     res.once('close', () => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      observeHttpRequest(ctx.method, routeTemplate(ctx), res.statusCode, seconds);
       log.info({
         method: ctx.method,
         url: ctx.originalUrl,
         status: res.statusCode,
         length: res.getHeader('Content-Length'),
         complete: res.writableFinished,
-        ms: Number(process.hrtime.bigint() - started) / 1e6,
+        ms: seconds * 1000,
         remote,
         client: client?.subject ?? null,
       }, 'request');

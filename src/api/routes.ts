@@ -6,6 +6,7 @@ import type { Logger } from '../log';
 import type { AgentService } from '../service';
 import { diskToJSON } from '../storage/disks';
 import { readBody } from './body';
+import { scrapeMetrics } from '../metrics';
 import { collectHealth, type HealthProbes } from './health';
 import { consumeImage, type ConsumeOptions } from './consume';
 import {
@@ -81,6 +82,11 @@ export function apiRouter(options: RouteOptions): Router {
     ctx.status = health.status === 'failing' ? 503 : 200;
     ctx.set('Cache-Control', 'no-store');
     ctx.body = health;
+  });
+  router.get('/metrics', async (ctx) => {
+    const { contentType, body } = await scrapeMetrics();
+    ctx.set({ 'Content-Type': contentType, 'Cache-Control': 'no-store' });
+    ctx.body = body;
   });
 
   return router;
