@@ -8,6 +8,7 @@ import { diskToJSON } from '../storage/disks';
 import { readBody } from './body';
 import { scrapeMetrics } from '../metrics';
 import { collectHealth, type HealthProbes } from './health';
+import OPENAPI from './openapi.json';
 import { consumeImage, type ConsumeOptions } from './consume';
 import {
   changesToJSON, locationToJSON, mappingToJSON, snapshotToJSON, snapstoreToJSON,
@@ -87,6 +88,10 @@ export function apiRouter(options: RouteOptions): Router {
     const { contentType, body } = await scrapeMetrics();
     ctx.set({ 'Content-Type': contentType, 'Cache-Control': 'no-store' });
     ctx.body = body;
+  });
+  // The description of every route here, kept beside them (test/api/openapi.test.ts checks both ways).
+  router.get('/openapi.json', (ctx) => {
+    ctx.body = OPENAPI;
   });
 
   return router;

@@ -146,3 +146,17 @@ export function rawExchange(port: number, ca: string, credentials: ClientCredent
 export function json(response: Response): unknown {
   return JSON.parse(response.body.toString('utf8'));
 }
+
+export type Send = (method: string, route: string, body?: string | Buffer, headers?: Record<string, string>) => Promise<Response>;
+
+/**
+ * Requests to a running agent's API (`apiUrl` ends in /api/v1; `route` follows it), with the
+ * client certificate of `certsDir` (gen-certs names), bodies sent exactly as given.
+ */
+export function agentClient(apiUrl: string, certsDir: string, agent?: https.Agent): Send {
+  const read = (name: string): string => fs.readFileSync(path.join(certsDir, name), 'utf8');
+  const ca = read('ca-cert.pem');
+  const credentials = { cert: read('client-cert.pem'), key: read('client-key.pem') };
+  const { port, pathname } = new URL(apiUrl);
+  return (method, route, body, headers) => request(Number(port), ca, `${pathname}${route}`, { method, credentials, body, headers, agent });
+}
