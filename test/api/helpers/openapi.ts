@@ -52,8 +52,9 @@ export function openApiProblems(answer: Answer): string[] {
   let responsePointer: string;
   let response: ResponseObject | undefined;
   if (template === undefined || operationName === undefined) {
-    // Unknown path (404) or a method the path does not take (405): the generic error answer.
-    if (answer.status !== (template === undefined ? 404 : 405)) return [`${where}: expected ${template === undefined ? 404 : 405}`];
+    // Unknown path, or a method the path does not take (404, 405; or what the HTTP parser
+    // refused before routing): a refusal with the generic error answer.
+    if (answer.status < 400 || answer.status >= 500) return [`${where}: a request no operation takes must be refused with a 4xx`];
     responsePointer = pointer('components', 'responses', 'Error');
     response = doc.components.responses.Error;
   } else {
