@@ -2,9 +2,11 @@
 // failing, and that a failed probe's raw text (paths, errno messages) stays in the log.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import path from 'node:path';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import type { HealthProbes } from '../../src/api/health';
 import { VERSION } from '../../src/version';
+import { startE2eAgent } from '../e2e/helpers';
 import { FakeAgentService } from './helpers/fake-service';
 import { json, randomFile, startServer, tempDir, type TestServer } from './helpers/server';
 
@@ -113,5 +115,20 @@ describe('health', () => {
 
   test('served only over the same mTLS as every route', async () => {
     await assert.rejects(server.request('/api/v1/health', { credentials: {} }));
+  });
+});
+
+describe('health of a whole agent', () => {
+  test('on the simulated engine: ok, engine and database answer, its location is listed', async () => {
+    const e2e = await startE2eAgent();
+    try {
+      const body = await e2e.json<Record<string, any>>('GET', '/health/');
+      assert.equal(body.status, 'ok', JSON.stringify(body.problems));
+      assert.deepEqual(body.engine, { status: 'ok', kind: 'simulated' });
+      assert.deepEqual(body.database, { status: 'ok' });
+      assert.deepEqual(body.snapstore_locations.map((location: { path: string }) => location.path), [path.join(e2e.dir, 'snapstores')]);
+    } finally {
+      await e2e.stop();
+    }
   });
 });
