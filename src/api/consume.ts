@@ -198,8 +198,8 @@ export async function sendPieces(res: ServerResponse, reader: ImageReader, piece
       // Headers go out on their own once the first read succeeded: written together with a
       // buffer, TLS would copy that buffer into one contiguous block.
       if (!res.headersSent) res.flushHeaders();
-      // Once written, the chunk goes straight back to the reader's pool (see recycleReadBuffer).
       sent(buffer.length);
+      // Once written, the chunk goes straight back to the reader's pool (see recycleReadBuffer).
       if (!res.write(buffer, () => recycleReadBuffer(buffer))) await drained(res);
     }
   } finally {

@@ -1,12 +1,13 @@
-// The route table of agent-reference 1.3, dispatching to the AgentService. Each handler
-// validates (params.ts, body.ts), calls the service and serialises (json.ts); errors are left
-// to the edge middleware. Paths match with or without a trailing slash.
+// The route table of agent-reference 1.3, plus ours (health, metrics, openapi.json; each
+// described in openapi.json), dispatching to the AgentService. Each handler validates
+// (params.ts, body.ts), calls the service and serialises (json.ts); errors are left to the
+// edge middleware. Paths match with or without a trailing slash.
 import Router from '@koa/router';
 import type { Logger } from '../log';
+import { scrapeMetrics } from '../metrics';
 import type { AgentService } from '../service';
 import { diskToJSON } from '../storage/disks';
 import { readBody } from './body';
-import { scrapeMetrics } from '../metrics';
 import { collectHealth, type HealthProbes } from './health';
 import OPENAPI from './openapi.json';
 import { consumeImage, type ConsumeOptions } from './consume';
