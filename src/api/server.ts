@@ -152,6 +152,10 @@ export function createApiServer(options: ApiServerOptions): https.Server {
   // Node answers these itself with an empty body, or (CONNECT) drops the connection: give them
   // the {error, details} body of every other refusal.
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    // Bytes after a request that asked to close the connection are no request (RFC 9112 9.6):
+    // that request's answer still goes out, then Node closes. (Node only reports them after
+    // Expect: 100-continue.)
+    if (err.code === 'HPE_CLOSED_CONNECTION') return;
     // Node's own rule: once a response has started on this socket, nothing else may be written.
     const inFlight = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
     const refusal = clientErrorRefusal(err);

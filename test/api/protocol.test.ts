@@ -110,6 +110,16 @@ describe('headers Node answers before the app', () => {
   });
 });
 
+describe('bytes after a request that closes the connection', () => {
+  test('are ignored: the request still gets its own answer, with or without Expect: 100-continue', async () => {
+    for (const expect of ['', 'Expect: 100-continue\r\n']) {
+      const request = `PUT /api/v1/snapshots HTTP/1.1\r\nHost: x\r\n${expect}Content-Length: 2\r\nConnection: close\r\n\r\n{}trailing bytes`;
+      const responses = parseResponses(await server.raw(request)).filter((response) => response.status !== 100);
+      assert.deepEqual(responses.map((response) => [response.status, JSON.parse(response.body).error]), [[405, 'Method Not Allowed']], expect);
+    }
+  });
+});
+
 describe('bodies that stop arriving', () => {
   test('the request timeout answers a JSON 408, logged as a closed connection, not as a failure', async () => {
     const records = new bunyan.RingBuffer({ limit: 100 });
