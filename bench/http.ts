@@ -22,7 +22,7 @@ import { API_CIPHERS, closeApiServer, createApiServer, listenApiServer } from '.
 import { generateCertificates } from '../src/certs';
 import { silentLogger } from '../src/log';
 import { configureReaderPool } from '../src/native/reader';
-import { FakeAgentService } from '../test/api/helpers/fake-service';
+import { FakeAgentService, HEALTHY_PROBES } from '../test/api/helpers/fake-service';
 import { ownCpuSeconds, processCpuSeconds, withCpuUse } from './cpu';
 
 const MiB = 1024 * 1024;
@@ -185,7 +185,7 @@ async function main(): Promise<void> {
     const consume = { chunkSize: Number(args['chunk-mib']) * MiB, firstChunkSize: Number(args['first-chunk-kib']) * 1024, readAhead: Number(args['read-ahead']) };
     const server = createApiServer({
       tls: { certificate: fs.readFileSync(certs.serverCert, 'utf8'), key: fs.readFileSync(certs.serverKey, 'utf8'), caCertificate: fs.readFileSync(certs.caCert, 'utf8') },
-      handler: createApp({ service, log, consume }).callback(),
+      handler: createApp({ service, log, consume, health: HEALTHY_PROBES }).callback(),
       log,
     });
     await listenApiServer(server, 0, '127.0.0.1');

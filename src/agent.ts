@@ -13,6 +13,7 @@ import type { SnapshotEngine } from './engine/types';
 import { VeeamsnapEngine } from './engine/veeamsnap';
 import { SqliteExportRegistry } from './exports/registry';
 import type { Logger } from './log';
+import { openConnections, registerMetricSources, trackedCbt } from './metrics';
 import { queryBlockDevice } from './native/blockdev';
 import { createNbdServer } from './nbd/server';
 import type { AgentService } from './service';
@@ -105,7 +106,14 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
     const api = createApiServer({
       tls: config.api.tls,
       allowedClients: config.api.allowedClients,
-      handler: createApp({ service, log }).callback(),
+      handler: createApp({ service, log, health: {
+        engine: async () => {
+          await engine.listTrackers();
+          return engine.kind;
+        },
+        database: () => state.setMeta('health_checked_at', new Date().toISOString()),
+        growthStepBytes: config.snapStoreFileSize,
+      } }).callback(),
       log,
     });
     await listenApiServer(api, config.api.port, config.api.bind);
@@ -123,6 +131,9 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
     });
     const { port: nbdPort } = await nbd.listen();
     stack.push(() => nbd.close());
+    stack.push(registerMetricSources({
+      service, cbt: () => trackedCbt(engine, state), httpConnections: () => openConnections(api), nbdConnections: () => nbd.connectionCount,
+    }));
 
     const apiUrl = `https://${urlHost(config.api.bind)}:${apiPort}/api/v1`;
     const nbdUrl = `${config.nbd.tls === 'off' ? 'nbd' : 'nbds'}://${urlHost(config.nbd.bind)}:${nbdPort}`;

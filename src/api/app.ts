@@ -1,12 +1,16 @@
-// The koa application of the REST API: access log, error mapping, the routes under /api/v1 and
-// a JSON 404 for everything else (unknown paths, wrong methods, OPTIONS, HEAD off consume).
-import Koa, { type Middleware } from 'koa';
+// The koa application of the REST API: access log, error mapping, the routes under /api/v1,
+// a JSON 405 with Allow for a known path asked with another method, and a JSON 404 for
+// everything else.
+import type Router from '@koa/router';
+import Koa, { type Context, type Middleware } from 'koa';
 import type { Logger } from '../log';
+import { observeHttpRequest } from '../metrics';
 import type { AgentService } from '../service';
 import { DEFAULT_BODY_LIMIT } from './body';
 import { clientIdentity } from '../client-identity';
 import { ClientGoneError, DEFAULT_CONSUME_OPTIONS, type ConsumeOptions } from './consume';
-import { errorResponse, HttpError, routeNotFound } from './errors';
+import type { HealthProbes } from './health';
+import { errorResponse, HttpError, methodNotAllowed, routeNotFound } from './errors';
 import { apiRouter } from './routes';
 import { HOST_SOURCES, type SystemInfoSources } from './systeminfo';
 
@@ -18,9 +22,17 @@ export interface AppOptions {
   bodyLimit?: number;
   /** Where systeminfo reads the host; tests point it at fixtures. */
   systemInfo?: SystemInfoSources;
+  /** What GET /health probes beyond the service. */
+  health: HealthProbes;
 }
 
-/** One line per request when the response is over (or the connection is gone), with who asked. */
+/** The template of the route that served the request (set by the router), or null. */
+function routeTemplate(ctx: Context): string | null {
+  const matched = (ctx as Context & { _matchedRoute?: unknown })._matchedRoute;
+  return typeof matched === 'string' ? matched : null;
+}
+
+/** One line per request and its metrics when the response is over (or the connection is gone), with who asked. */
 function accessLog(log: Logger): Middleware {
   return async (ctx, next) => {
     const started = process.hrtime.bigint();
@@ -30,13 +42,15 @@ function accessLog(log: Logger): Middleware {
     const client = clientIdentity(socket);
     const remote = socket.remoteAddress;
     res.once('close', () => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      observeHttpRequest(ctx.method, routeTemplate(ctx), res.statusCode, seconds);
       log.info({
         method: ctx.method,
         url: ctx.originalUrl,
         status: res.statusCode,
         length: res.getHeader('Content-Length'),
         complete: res.writableFinished,
-        ms: Number(process.hrtime.bigint() - started) / 1e6,
+        ms: seconds * 1000,
         remote,
         client: client?.subject ?? null,
       }, 'request');
@@ -84,9 +98,14 @@ const requireHost: Middleware = async (ctx, next) => {
   await next();
 };
 
-const notFoundFallback: Middleware = () => {
-  throw routeNotFound();
-};
+/** Reached when no route took the request: 405 if some route serves the path, else 404. */
+function unrouted(router: Router): Middleware {
+  return (ctx) => {
+    const allowed = new Set(router.match(ctx.path, ctx.method).path.flatMap((layer) => layer.methods));
+    if (allowed.size === 0) throw routeNotFound();
+    throw methodNotAllowed(ctx.method, [...allowed]);
+  };
+}
 
 export function createApp(options: AppOptions): Koa {
   const app = new Koa();
@@ -98,11 +117,12 @@ export function createApp(options: AppOptions): Koa {
     consume: { ...DEFAULT_CONSUME_OPTIONS, ...options.consume },
     bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
     systemInfo: options.systemInfo ?? HOST_SOURCES,
+    health: options.health,
   });
   app.use(accessLog(options.log));
   app.use(errorResponses(options.log));
   app.use(requireHost);
   app.use(router.routes());
-  app.use(notFoundFallback);
+  app.use(unrouted(router));
   return app;
 }

@@ -19,6 +19,7 @@ import type { RouterMiddleware } from '@koa/router';
 import rangeParser from 'range-parser';
 import type { ByteRange, ImageReader } from '../engine/types';
 import { AgentError } from '../errors';
+import { countServedBytes } from '../metrics';
 import type { AgentService } from '../service';
 import { recycleReadBuffer } from '../native/reader';
 import { HttpError } from './errors';
@@ -171,8 +172,12 @@ function readImage(reader: ImageReader, range: ByteRange): Promise<Buffer> {
 
 const ignoreRejection = (): void => {};
 
-/** Writes the pieces to `res` in order, reading at most `readAhead` chunks ahead of the socket. */
-export async function sendPieces(res: ServerResponse, reader: ImageReader, pieces: BodyPiece[], options: ConsumeOptions): Promise<void> {
+/**
+ * Writes the pieces to `res` in order, reading at most `readAhead` chunks ahead of the socket;
+ * `sent` is told the size of each buffer handed to the socket.
+ */
+export async function sendPieces(res: ServerResponse, reader: ImageReader, pieces: BodyPiece[], options: ConsumeOptions,
+  sent: (bytes: number) => void): Promise<void> {
   const source = chunked(pieces, options);
   const ahead: Array<Promise<Buffer>> = [];
   const fill = (): void => {
@@ -193,6 +198,7 @@ export async function sendPieces(res: ServerResponse, reader: ImageReader, piece
       // Headers go out on their own once the first read succeeded: written together with a
       // buffer, TLS would copy that buffer into one contiguous block.
       if (!res.headersSent) res.flushHeaders();
+      sent(buffer.length);
       // Once written, the chunk goes straight back to the reader's pool (see recycleReadBuffer).
       if (!res.write(buffer, () => recycleReadBuffer(buffer))) await drained(res);
     }
@@ -213,7 +219,7 @@ export function consumeImage(service: AgentService, options: ConsumeOptions): Ro
       ctx.set(layout.headers);
       if (ctx.method === 'HEAD') return;
       ctx.respond = false;
-      await sendPieces(ctx.res, reader, layout.pieces, options);
+      await sendPieces(ctx.res, reader, layout.pieces, options, (bytes) => countServedBytes('http', ctx.params.diskId, bytes));
     } finally {
       await reader.close();
     }

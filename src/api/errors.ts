@@ -19,6 +19,12 @@ export class HttpError extends Error {
 /** The catch-all of the original agent, with its lower-case "found". */
 export const routeNotFound = (): HttpError => new HttpError(404, 'Not found', 'Resource not found');
 
+/** A path some route serves, asked with a method none of them takes (RFC 9110 15.5.6). */
+export function methodNotAllowed(method: string, allowed: readonly string[]): HttpError {
+  const list = allowed.join(', ');
+  return new HttpError(405, 'Method Not Allowed', `${method} is not served here; this path takes ${list}`, { Allow: list });
+}
+
 export interface ErrorResponse {
   status: number;
   body: { error: string; details: string };

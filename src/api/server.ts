@@ -144,10 +144,18 @@ export function createApiServer(options: ApiServerOptions): https.Server {
     connectionsCheckingInterval: Math.min(1000, timeouts.headersMs / 2),
     // An HTTP/1.1 request without Host is refused by the app, with a JSON body (app.ts).
     requireHostHeader: false,
+    // A client may shut down its sending side once its request is out (curl does not, scripts
+    // and some libraries do). By default Node then ends the connection at once and an answer
+    // still being prepared is lost: the client sees a dropped connection.
+    allowHalfOpen: true,
   }, handler);
   // Node answers these itself with an empty body, or (CONNECT) drops the connection: give them
   // the {error, details} body of every other refusal.
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    // Bytes after a request that asked to close the connection are no request (RFC 9112 9.6):
+    // that request's answer still goes out, then Node closes. (Node only reports them after
+    // Expect: 100-continue.)
+    if (err.code === 'HPE_CLOSED_CONNECTION') return;
     // Node's own rule: once a response has started on this socket, nothing else may be written.
     const inFlight = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
     const refusal = clientErrorRefusal(err);
@@ -163,6 +171,9 @@ export function createApiServer(options: ApiServerOptions): https.Server {
   });
   // No route takes CONNECT: the same 404 as any other method a route does not serve.
   server.on('connect', (_req: IncomingMessage, socket: Duplex) => sendRawError(socket, routeNotFound()));
+  // With allowHalfOpen above: HTTP closes a half-closed connection after its answer (Node's own
+  // switch, undocumented but what its HTTP server checks).
+  (server as https.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
   server.setTimeout(timeouts.idleSocketMs);
   server.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   server.on('tlsClientError', (err, socket) => {

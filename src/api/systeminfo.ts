@@ -6,6 +6,7 @@
 // (kernel order, type rules) with addresses from os.networkInterfaces(), because
 // systeminformation gives one address per family; os_info from /etc/os-release (ID and
 // VERSION_ID, quotes stripped, which the Go agent forgot for ID). Disks come from the service.
+// agent_version is ours (the Go agent had none): package.json's version, as `version` prints.
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,6 +14,7 @@ import si from 'systeminformation';
 import type { Logger } from '../log';
 import type { AgentService } from '../service';
 import { diskToJSON, type DiskJson } from '../storage/disks';
+import { VERSION } from '../version';
 
 export interface SystemInfoSources {
   procRoot: string;
@@ -181,6 +183,7 @@ export interface SystemInfoJson {
   os_info: { platform: string; os_name: string; os_version: string };
   hostname: string;
   firmware_type: 'efi' | 'bios';
+  agent_version: string;
 }
 
 export async function collectSystemInfo(service: AgentService, log: Logger, sources: SystemInfoSources = HOST_SOURCES): Promise<SystemInfoJson> {
@@ -204,5 +207,6 @@ export async function collectSystemInfo(service: AgentService, log: Logger, sour
     os_info: { platform: 'linux', ...parseOsRelease(osRelease ?? '') },
     hostname: os.hostname(),
     firmware_type: efi ? 'efi' : 'bios',
+    agent_version: VERSION,
   };
 }

@@ -17,6 +17,7 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import type { ImageReader } from '../engine/types';
 import type { Logger } from '../log';
+import { countServedBytes } from '../metrics';
 import { recycleReadBuffer } from '../native/reader';
 import { contextExtents } from './contexts';
 import { closeGently, type Session } from './handshake';
@@ -349,6 +350,7 @@ export class Transmission {
     if (!this.writable()) return;
     this.readsServed++;
     this.bytesServed += data.length;
+    countServedBytes('nbd', this.session.export.trackedDiskId, data.length);
     const header = this.session.structuredReplies
       ? (data.length === 0 ? encodeNoneChunk(request.cookie) : encodeOffsetDataHeader(request.cookie, ReplyFlag.DONE, request.offset, data.length))
       : encodeSimpleReply(request.cookie, 0);

@@ -5,6 +5,9 @@
 // generation (0: unchanged since tracking began). A block changed after snapshot p exactly when
 // p < stamp <= current. Anything that cannot be answered that way, such as an unknown or
 // different generation (re-tracking, resize, the 255 wrap) or a baseline of 0, gets a full copy.
+// A baseline newer than this snapshot in its own generation cannot exist: it is refused, since
+// any answer would hide a client that mixed up its snapshots.
+import { invalid } from '../errors';
 
 export interface ChangedRange {
   offset: number;
@@ -43,7 +46,10 @@ function runOf(stamp: number): Uint8Array {
 export function computeChanges(query: ChangesQuery): Changes {
   const { map, blockSize, deviceSize, snapshotNumber: current } = query;
   const previous = query.previousNumber ?? 0;
-  const incremental = previous > 0 && previous <= current && query.previousGenerationId === query.generationId;
+  if (query.previousGenerationId === query.generationId && previous > current) {
+    throw invalid(`previousNumber ${previous} is newer than this snapshot, number ${current} of generation ${query.generationId}`);
+  }
+  const incremental = previous > 0 && query.previousGenerationId === query.generationId;
   if (!incremental) {
     return { backupType: 'full', ranges: deviceSize > 0 ? [{ offset: 0, length: deviceSize }] : [] };
   }

@@ -12,6 +12,7 @@ import type { ByteRange, DeviceId, SnapshotEngine, Snapstore, SnapstoreEvent } f
 import type { AgentState, SnapstoreRow } from '../db/state';
 import type { Logger } from '../log';
 import { faultPoint } from '../faults';
+import { countSnapstoreGrowth, countSnapstoreOverflow } from '../metrics';
 import { allocateFile, fileExtents, fsStats } from '../native/blockdev';
 
 export interface WatcherOptions {
@@ -63,6 +64,7 @@ export class SnapstoreWatcher {
         break;
       case 'overflow':
         log.error({ filledBytes: event.filledBytes }, 'snapstore overflowed: its snapshot data is lost');
+        countSnapstoreOverflow(this.row.diskId);
         this.options.onOverflow(this.row, `the snapstore of ${this.row.diskId} ran out of space after ${event.filledBytes} bytes`);
         break;
       case 'terminate':
@@ -112,12 +114,14 @@ export class SnapstoreWatcher {
         throw Object.assign(new Error(`${this.row.location} has ${availableBytes} bytes free, ${roundToMiB(chunkBytes)} needed`), { code: 'ENOSPC' });
       }
       await this.addSpace(chunkBytes);
+      countSnapstoreGrowth(this.row.diskId, 'ok');
       if (this.row.atRisk !== null) {
         this.row.atRisk = null;
         state.setSnapstoreAtRisk(this.row.id, null);
         log.info({ snapstore: this.row.id }, 'snapstore growth resumed');
       }
     } catch (err) {
+      countSnapstoreGrowth(this.row.diskId, 'failed');
       const reason = `cannot grow the snapstore of ${this.row.diskId}: ${(err as Error).message}`;
       log.error({ err, snapstore: this.row.id }, 'snapstore growth failed: the snapshot is at risk of overflowing');
       this.row.atRisk = reason;

@@ -10,7 +10,7 @@ import { createApp } from '../../src/api/app';
 import { closeApiServer, createApiServer, listenApiServer } from '../../src/api/server';
 import { CERTIFICATE_FILES, generateCertificates, genCertsCommand } from '../../src/certs';
 import { silentLogger } from '../../src/log';
-import { FakeAgentService } from './helpers/fake-service';
+import { FakeAgentService, HEALTHY_PROBES } from './helpers/fake-service';
 import { request, tempDir } from './helpers/server';
 
 let dir: string;
@@ -79,7 +79,7 @@ describe('generateCertificates', () => {
     const log = silentLogger();
     const server = createApiServer({
       tls: { certificate: read(files.serverCert), key: read(files.serverKey), caCertificate: read(files.caCert) },
-      handler: createApp({ service: new FakeAgentService([]), log }).callback(),
+      handler: createApp({ service: new FakeAgentService([]), log, health: HEALTHY_PROBES }).callback(),
       log,
     });
     await listenApiServer(server, 0, '127.0.0.1');

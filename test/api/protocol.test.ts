@@ -4,9 +4,14 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
+import type { AddressInfo } from 'node:net';
+import tls from 'node:tls';
 import bunyan from 'bunyan';
-import { FakeAgentService } from './helpers/fake-service';
-import { randomFile, startServer, tempDir, type TestServer } from './helpers/server';
+import { createApp } from '../../src/api/app';
+import { closeApiServer, createApiServer, listenApiServer } from '../../src/api/server';
+import { silentLogger } from '../../src/log';
+import { FakeAgentService, HEALTHY_PROBES } from './helpers/fake-service';
+import { randomFile, startServer, tempDir, testCerts, type TestServer } from './helpers/server';
 
 let dir: string;
 let service: FakeAgentService;
@@ -105,6 +110,16 @@ describe('headers Node answers before the app', () => {
   });
 });
 
+describe('bytes after a request that closes the connection', () => {
+  test('are ignored: the request still gets its own answer, with or without Expect: 100-continue', async () => {
+    for (const expect of ['', 'Expect: 100-continue\r\n']) {
+      const request = `PUT /api/v1/snapshots HTTP/1.1\r\nHost: x\r\n${expect}Content-Length: 2\r\nConnection: close\r\n\r\n{}trailing bytes`;
+      const responses = parseResponses(await server.raw(request)).filter((response) => response.status !== 100);
+      assert.deepEqual(responses.map((response) => [response.status, JSON.parse(response.body).error]), [[405, 'Method Not Allowed']], expect);
+    }
+  });
+});
+
 describe('bodies that stop arriving', () => {
   test('the request timeout answers a JSON 408, logged as a closed connection, not as a failure', async () => {
     const records = new bunyan.RingBuffer({ limit: 100 });
@@ -124,6 +139,47 @@ describe('bodies that stop arriving', () => {
       assert.deepEqual(lines.filter((line) => line.level >= bunyan.ERROR).map((line) => line.msg), [], 'no error logged');
     } finally {
       await slow.close();
+    }
+  });
+});
+
+describe('clients that half-close', () => {
+  test('a client that shuts down its sending side after the request still gets the whole answer', async () => {
+    // The answer is held until the server has seen the client's end of stream.
+    let release!: () => void;
+    const seenEnd = new Promise<void>((resolve) => { release = resolve; });
+    class HeldService extends FakeAgentService {
+      override async listSnapshots(): ReturnType<FakeAgentService['listSnapshots']> {
+        await seenEnd;
+        return super.listSnapshots();
+      }
+    }
+    const certs = testCerts();
+    const read = (file: string): string => fs.readFileSync(file, 'utf8');
+    const handle = createApp({ service: new HeldService([]), log: silentLogger(), health: HEALTHY_PROBES }).callback();
+    const held = createApiServer({
+      tls: { certificate: read(certs.serverCert), key: read(certs.serverKey), caCertificate: read(certs.caCert) },
+      handler: (req, res) => {
+        req.socket.once('end', release);
+        void handle(req, res);
+      },
+      log: silentLogger(),
+    });
+    await listenApiServer(held, 0, '127.0.0.1');
+    try {
+      const text = await new Promise<string>((resolve, reject) => {
+        const received: Buffer[] = [];
+        const socket = tls.connect({
+          host: '127.0.0.1', servername: 'localhost', port: (held.address() as AddressInfo).port, ca: read(certs.caCert),
+          cert: read(certs.clientCert), key: read(certs.clientKey),
+        }, () => socket.end('GET /api/v1/snapshots HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
+        socket.on('data', (chunk: Buffer) => received.push(chunk));
+        socket.on('error', reject);
+        socket.on('close', () => resolve(Buffer.concat(received).toString('utf8')));
+      });
+      assert.deepEqual(parseResponses(text).map((response) => [response.status, response.body]), [[200, '[]']]);
+    } finally {
+      await closeApiServer(held, 100);
     }
   });
 });

@@ -393,20 +393,31 @@ describe('unknown routes and methods', () => {
     assert.equal(service.snapshots.size, 1, 'the snapshot is still the only one');
   });
 
-  test('a wrong method, OPTIONS, or HEAD off consume is the JSON 404, never 405', async () => {
+  test('a known path with a method it does not take is a JSON 405 whose Allow lists the methods it does', async () => {
     const id = await createSnapshot();
-    const attempts: Array<[string, string]> = [
-      ['PUT', '/api/v1/disks'], ['DELETE', '/api/v1/disks/vda'], ['POST', '/api/v1/disks'], ['PATCH', '/api/v1/snapshots'],
-      ['OPTIONS', '/api/v1/snapshots'], ['POST', `/api/v1/snapshots/${id}`], ['DELETE', '/api/v1/snapstoremappings'],
-      ['POST', '/api/v1/systeminfo'], ['PUT', `/api/v1/snapshots/${id}/consume/vda`],
+    const attempts: Array<[string, string, string]> = [
+      ['PUT', '/api/v1/snapshots/', 'HEAD, GET, POST'], ['PUT', '/api/v1/disks', 'HEAD, GET'], ['DELETE', '/api/v1/disks/vda', 'HEAD, GET'],
+      ['POST', '/api/v1/disks', 'HEAD, GET'], ['PATCH', '/api/v1/snapshots', 'HEAD, GET, POST'], ['OPTIONS', '/api/v1/snapshots', 'HEAD, GET, POST'],
+      ['POST', `/api/v1/snapshots/${id}`, 'HEAD, GET, DELETE'], ['DELETE', '/api/v1/snapstoremappings', 'HEAD, GET, POST'],
+      ['POST', '/api/v1/systeminfo', 'HEAD, GET'], ['PUT', `/api/v1/snapshots/${id}/consume/vda`, 'HEAD, GET'],
+      ['DELETE', '/api/v1/snapshots/nosuch/changes/vda/', 'HEAD, GET'],
     ];
-    for (const [method, path] of attempts) {
-      assert.deepEqual(assertJson(await server.request(path, { method }), 404), NOT_FOUND, `${method} ${path}`);
+    for (const [method, path, allow] of attempts) {
+      const response = await server.request(path, { method });
+      assertError(response, 405, 'Method Not Allowed', new RegExp(`^${method} is not served here; this path takes ${allow}$`));
+      assert.equal(response.headers.allow, allow, `${method} ${path}`);
     }
-    for (const path of ['/api/v1/disks', '/api/v1/snapshots/', `/api/v1/snapshots/${id}`, '/api/v1/snapstores', '/api/v1/systeminfo']) {
-      const response = await server.request(path, { method: 'HEAD' });
-      assert.equal(response.status, 404, `HEAD ${path}`);
-      assert.equal(response.body.length, 0);
+    assert.equal(service.snapshots.size, 1, 'nothing was deleted or created');
+  });
+
+  test('HEAD is answered wherever GET is: the same status and headers, no body', async () => {
+    const id = await createSnapshot();
+    for (const path of ['/api/v1/disks', '/api/v1/snapshots/', `/api/v1/snapshots/${id}`, '/api/v1/snapstores', '/api/v1/snapshots/1', '/api/v1/nothing']) {
+      const [head, full] = [await server.request(path, { method: 'HEAD' }), await get(path)];
+      assert.equal(head.status, full.status, `HEAD ${path}`);
+      assert.equal(head.headers['content-type'], full.headers['content-type'], `HEAD ${path}`);
+      assert.equal(head.headers['content-length'], full.headers['content-length'], `HEAD ${path}`);
+      assert.equal(head.body.length, 0);
     }
   });
 });

@@ -13,7 +13,7 @@ import { closeApiServer, createApiServer, listenApiServer, type ApiServerOptions
 import { createCertificateAuthority, issueCertificate, type IssuedCertificate } from '../../src/certs';
 import { silentLogger } from '../../src/log';
 import { makeTestCerts } from '../helpers/certs';
-import { FakeAgentService } from './helpers/fake-service';
+import { FakeAgentService, HEALTHY_PROBES } from './helpers/fake-service';
 import { json, randomFile, request, tempDir, type ClientCredentials } from './helpers/server';
 
 const DAY = 24 * 60 * 60 * 1000;
@@ -59,7 +59,7 @@ async function start(options: Partial<ApiServerOptions> = {}): Promise<number> {
   const log = options.log ?? silentLogger();
   const server = createApiServer({
     tls: { certificate: serverCert.certificatePem, key: serverCert.keyPem, caCertificate: ca.certificatePem },
-    handler: createApp({ service, log }).callback(),
+    handler: createApp({ service, log, health: HEALTHY_PROBES }).callback(),
     log,
     ...options,
   });

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { listInterfaces, parseCpuinfo, parseMeminfo, parseOsRelease, type SystemInfoSources } from '../../src/api/systeminfo';
+import { VERSION } from '../../src/version';
 import { FakeAgentService } from './helpers/fake-service';
 import { json, startServer, tempDir, type TestServer } from './helpers/server';
 
@@ -173,7 +174,8 @@ describe('GET /systeminfo', () => {
       const response = await server.request(route);
       assert.equal(response.status, 200);
       const info = json(response) as Record<string, any>;
-      assert.deepEqual(Object.keys(info), ['memory', 'cpus', 'network_interfaces', 'disks', 'os_info', 'hostname', 'firmware_type']);
+      assert.deepEqual(Object.keys(info), ['memory', 'cpus', 'network_interfaces', 'disks', 'os_info', 'hostname', 'firmware_type', 'agent_version']);
+      assert.equal(info.agent_version, VERSION);
       assert.equal(info.memory.total, 4029224 * 1024);
       assert.deepEqual(Object.keys(info.cpus), ['physical_cores', 'logical_cores', 'cpu_info']);
       assert.ok(Number.isInteger(info.cpus.physical_cores) && info.cpus.physical_cores > 0);

@@ -48,13 +48,18 @@ describe('changed ranges from a CBT map', () => {
     assert.deepEqual(computeChanges(query([0, 3, 3], { deviceSize })).ranges, [{ offset: B, length: B + 4096 }]);
   });
 
-  test('full when there is no baseline, a baseline of 0, another generation, or a baseline from the future', () => {
+  test('full when there is no baseline, a baseline of 0, or another generation', () => {
     const full = { backupType: 'full', ranges: [{ offset: 0, length: 4 * B - 100 }] };
     const deviceSize = 4 * B - 100;
     assert.deepEqual(computeChanges(query([3, 3, 0, 1], { deviceSize, previousNumber: undefined, previousGenerationId: undefined })), full);
     assert.deepEqual(computeChanges(query([3, 3, 0, 1], { deviceSize, previousNumber: 0 })), full);
     assert.deepEqual(computeChanges(query([3, 3, 0, 1], { deviceSize, previousGenerationId: 'another' })), full);
-    assert.deepEqual(computeChanges(query([3, 3, 0, 1], { deviceSize, previousNumber: 4 })), full);
+  });
+
+  test('a baseline newer than the snapshot in its own generation is refused, saying why', () => {
+    assert.throws(() => computeChanges(query([3, 3, 0, 1], { previousNumber: 4 })),
+      { name: 'AgentError', kind: 'invalid', message: `previousNumber 4 is newer than this snapshot, number 3 of generation ${GEN}` });
+    assert.equal(computeChanges(query([3, 3, 0, 1], { previousNumber: 4, previousGenerationId: 'another' })).backupType, 'full');
   });
 
   test('the 255 wrap: a baseline of (old generation, 255) after the wrap is a full copy', () => {

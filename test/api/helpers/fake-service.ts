@@ -1,6 +1,7 @@
 // An in-memory AgentService for the REST API tests: disks are files, snapshot images are read
 // from those files with the real O_DIRECT reader, and every argument the API passes is recorded
 // so tests can check what validation handed over.
+import type { HealthProbes } from '../../../src/api/health';
 import type { ImageReader } from '../../../src/engine/types';
 import { conflict, invalid, notFound } from '../../../src/errors';
 import { DirectReader } from '../../../src/native/reader';
@@ -53,6 +54,9 @@ export class FailingReader implements ImageReader {
   close(): Promise<void> { return this.inner.close(); }
 }
 
+/** Health probes that always succeed, for servers whose tests are not about health. */
+export const HEALTHY_PROBES: HealthProbes = { engine: async () => 'simulated', database: () => undefined, growthStepBytes: 1024 * 1024 };
+
 const LOCATION = '/mnt/snapstores/snapstore_files';
 // Above 2^53, so a test catches any number conversion of the id.
 const FIRST_SNAPSHOT_ID = 18446633009895023040n;
@@ -68,6 +72,8 @@ export class FakeAgentService implements AgentService {
   openReaders = 0;
   /** Bytes asked of image readers so far. */
   bytesRequested = 0;
+  /** Disk -> why its snapstore could not grow, as the watchers report it. */
+  readonly atRisk = new Map<string, string>();
   /** Set to make openImage hand out readers that fail after this many bytes. */
   failReadsAfter: number | undefined;
   readonly calls: { listDisks: DiskListOptions[]; changes: ChangesRequest[]; createSnapshot: string[][] } = {
@@ -208,6 +214,7 @@ export class FakeAgentService implements AgentService {
       storageLocation: LOCATION,
       allocatedBytes: 5368709120,
       usedBytes: 1073741824,
+      atRisk: this.atRisk.get(volume.trackedDiskId) ?? null,
     })));
   }
 

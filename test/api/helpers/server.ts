@@ -8,6 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import { createApp, type AppOptions } from '../../../src/api/app';
+import type { HealthProbes } from '../../../src/api/health';
+import { HEALTHY_PROBES } from './fake-service';
 import { closeApiServer, createApiServer, listenApiServer, type ApiServerTimeouts } from '../../../src/api/server';
 import { silentLogger, type Logger } from '../../../src/log';
 import { makeTestCerts, type TestCerts } from '../../helpers/certs';
@@ -66,7 +68,8 @@ export function testCerts(): TestCerts {
   return sharedCerts;
 }
 
-export interface StartOptions extends Omit<AppOptions, 'log'> {
+export interface StartOptions extends Omit<AppOptions, 'log' | 'health'> {
+  health?: HealthProbes;
   /** Silent unless given. */
   log?: Logger;
   allowedClients?: string[];
@@ -77,7 +80,7 @@ export async function startServer(options: StartOptions): Promise<TestServer> {
   const certs = testCerts();
   const read = (file: string): string => fs.readFileSync(file, 'utf8');
   const log = options.log ?? silentLogger();
-  const app = createApp({ ...options, log });
+  const app = createApp({ ...options, health: options.health ?? HEALTHY_PROBES, log });
   const server = createApiServer({
     tls: { certificate: read(certs.serverCert), key: read(certs.serverKey), caCertificate: read(certs.caCert) },
     allowedClients: options.allowedClients,
@@ -142,4 +145,18 @@ export function rawExchange(port: number, ca: string, credentials: ClientCredent
 
 export function json(response: Response): unknown {
   return JSON.parse(response.body.toString('utf8'));
+}
+
+export type Send = (method: string, route: string, body?: string | Buffer, headers?: Record<string, string>) => Promise<Response>;
+
+/**
+ * Requests to a running agent's API (`apiUrl` ends in /api/v1; `route` follows it), with the
+ * client certificate of `certsDir` (gen-certs names), bodies sent exactly as given.
+ */
+export function agentClient(apiUrl: string, certsDir: string, agent?: https.Agent): Send {
+  const read = (name: string): string => fs.readFileSync(path.join(certsDir, name), 'utf8');
+  const ca = read('ca-cert.pem');
+  const credentials = { cert: read('client-cert.pem'), key: read('client-key.pem') };
+  const { port, pathname } = new URL(apiUrl);
+  return (method, route, body, headers) => request(Number(port), ca, `${pathname}${route}`, { method, credentials, body, headers, agent });
 }
