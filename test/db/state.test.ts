@@ -14,7 +14,7 @@ afterEach(() => state.db.close());
 const snapshot = (id: string) => ({ id, engineHandle: null, state: 'creating' as const, failure: null, createdAt: '2026-01-01T00:00:00.000Z' });
 const snapstore = (id: string, snapshotId: string): SnapstoreRow => ({
   id, snapshotId, diskId: 'disk0', location: '/var/snapstores', directory: `/var/snapstores/${id}`,
-  storageMajor: 8, storageMinor: 16, state: 'creating', atRisk: null,
+  storageMajor: 8, storageMinor: 16, state: 'creating', atRisk: null, filledBytes: 0, filledAt: null,
 });
 
 test('a step failing inside transaction() leaves none of the steps before it', { timeout: 10_000 }, () => {
