@@ -565,6 +565,8 @@ export class SimulatedEngine implements SnapshotEngine {
     if (state === null) return;
     const events: Array<[SnapstoreState, SnapstoreEvent]> = [];
     let changed = false;
+    /** Blocks a restarted engine finds copied that an earlier one already counted, per snapstore. */
+    const counted = new Map<string, number>();
     for (const snapshot of state.snapshots) {
       for (const image of snapshot.images) {
         const snapstore = this.snapstoreServing(image.original);
@@ -574,12 +576,21 @@ export class SimulatedEngine implements SnapshotEngine {
         const stamp = `${origin.mtimeMs}/${origin.ctimeMs}/${origin.size}`;
         if (origin.isFile() && this.scannedStamps.get(image.path) === stamp) continue;
         this.scannedStamps.set(image.path, stamp);
-        const copied = this.copiedBlocks.get(image.path) ?? new Set<number>();
+        const known = this.copiedBlocks.get(image.path);
+        // A new engine object (an agent restart) does not know which blocks were counted: the
+        // snapstore's fill says how many, and they are not counted twice.
+        if (known === undefined && !counted.has(snapstore.id)) counted.set(snapstore.id, snapstore.filledBytes / COW_BLOCK_SIZE);
+        const copied = known ?? new Set<number>();
         this.copiedBlocks.set(image.path, copied);
         const size = (await fsp.stat(image.path)).size;
         await forEachDifferentBlock(disk.path, image.path, size, COW_BLOCK_SIZE, (index) => {
           if (copied.has(index) || snapstore.overflowed) return;
           copied.add(index);
+          const credit = counted.get(snapstore.id) ?? 0;
+          if (credit > 0) {
+            counted.set(snapstore.id, credit - 1);
+            return;
+          }
           changed = true;
           if (snapstore.filledBytes + COW_BLOCK_SIZE > snapstore.capacityBytes) {
             snapstore.overflowed = true;

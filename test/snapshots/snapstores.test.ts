@@ -187,6 +187,49 @@ describe('snapstores', () => {
     assert.equal((await env.manager.createSnapshot(['disk0', 'disk1'])).volumes.length, 2);
   });
 
+  describe('restarts', () => {
+    test('do not grow a snapstore whose fill does not call for it', TIMEOUT, async () => {
+      env = await lifecycleEnv();
+      const snapshot = await env.manager.createSnapshot(['disk0']);
+      overwrite(env, 0, 2 * MiB, 70);
+      const allocated = (await store(env)).allocatedBytes;
+      for (let restart = 1; restart <= 4; restart++) {
+        await env.restart();
+        const now = await store(env);
+        assert.equal(now.allocatedBytes, allocated, `after restart ${restart}`);
+        assert.equal(now.usedBytes, 2 * MiB, 'copy-on-write is counted once');
+      }
+      assert.deepEqual((await env.manager.getSnapshot(snapshot.id)).state, { status: 'ok' });
+    });
+
+    test('grow once a snapstore that ran low while the agent was down', TIMEOUT, async () => {
+      env = await lifecycleEnv();
+      await env.manager.createSnapshot(['disk0']);
+      const initial = (await store(env)).allocatedBytes;
+      const e = env;
+      // Written while no agent runs: the HALFFILL it causes reaches nobody.
+      await env.restart((engine) => {
+        overwrite(e, 0, initial - CHUNK + 2 * MiB, 71);
+        return engine;
+      });
+      assert.equal((await store(env)).allocatedBytes, initial + CHUNK);
+      await env.restart();
+      assert.equal((await store(env)).allocatedBytes, initial + CHUNK, 'and only once');
+    });
+
+    test('leave a snapstore without its event stream still growing as it fills', TIMEOUT, async () => {
+      env = await lifecycleEnv();
+      const snapshot = await env.manager.createSnapshot(['disk0']);
+      const initial = (await store(env)).allocatedBytes;
+      await env.restart();
+      overwrite(env, 0, initial - CHUNK + 2 * MiB, 72);
+      await waitFor('the watcher grows it', async () => (await store(env!)).allocatedBytes === initial + CHUNK);
+      overwrite(env, initial - CHUNK + 2 * MiB, CHUNK, 73);
+      await waitFor('and again', async () => (await store(env!)).allocatedBytes === initial + 2 * CHUNK);
+      assert.deepEqual((await env.manager.getSnapshot(snapshot.id)).state, { status: 'ok' });
+    });
+  });
+
   describe('a read racing an overflow', () => {
     /** Opens a reader while the snapshot is fine, then overflows its snapstore before the first read. */
     async function overflowAfterOpen(e: LifecycleEnv, space: Space, snapshotId: string) {
