@@ -195,7 +195,9 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     } catch (err) {
       this.options.log.error({ err, snapshot: snapshotId }, 'snapshot creation failed: rolling back');
       await this.rollBack(snapshotId);
-      throw err instanceof AgentError ? err : new AgentError('internal', `cannot create the snapshot: ${(err as Error).message}`, { cause: err });
+      if (err instanceof AgentError) throw err;
+      // The raw message may name snapstore files: it stays in the log, the client gets the errno.
+      throw new AgentError('internal', `cannot create the snapshot: ${errorCode(err) ?? 'internal error'}, see the agent log`, { cause: err });
     }
     return this.getSnapshot(snapshotId);
   }

@@ -25,6 +25,17 @@ function rejectsWith(kind: string, pattern: RegExp) {
   };
 }
 
+/** An internal failure: the client is told to see the log, which has the cause. */
+function internalFailure(cause: RegExp) {
+  return (err: unknown): boolean => {
+    assert.ok(isAgentError(err, 'internal'), `expected an internal AgentError, got ${String(err)}`);
+    assert.match(err.message, /^cannot create the snapshot: [\w ]+, see the agent log$/);
+    assert.doesNotMatch(err.message, /\//, 'no path');
+    assert.match((err.cause as Error).message, cause);
+    return true;
+  };
+}
+
 /** Nothing of a snapshot is left: no rows, no files, no kernel snapshot, snapstore or image. */
 async function assertNothingLeft(e: LifecycleEnv): Promise<void> {
   assert.deepEqual(e.state.snapshots(), []);
@@ -161,13 +172,13 @@ export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>
 
     test('a failure in the kernel snapshot rolls everything back, snapstores and files included', TIMEOUT, async () => {
       env = await lifecycleEnvOn({ wrapEngine: failing('createSnapshot') });
-      await assert.rejects(env.manager.createSnapshot(['disk0', 'disk1']), rejectsWith('internal', /injected createSnapshot failure/));
+      await assert.rejects(env.manager.createSnapshot(['disk0', 'disk1']), internalFailure(/injected createSnapshot failure/));
       await assertNothingLeft(env);
     });
 
     test('a failure after the kernel snapshot exists destroys it too', TIMEOUT, async () => {
       env = await lifecycleEnvOn({ wrapEngine: failing('readCbtMap', 1) });
-      await assert.rejects(env.manager.createSnapshot(['disk0', 'disk1']), rejectsWith('internal', /injected readCbtMap failure/));
+      await assert.rejects(env.manager.createSnapshot(['disk0', 'disk1']), internalFailure(/injected readCbtMap failure/));
       await assertNothingLeft(env);
       await env.restart((e) => e);
       const again = await env.manager.createSnapshot(['disk0', 'disk1']);
@@ -176,13 +187,13 @@ export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>
 
     test('a failure creating the second disk\'s snapstore undoes the first one', TIMEOUT, async () => {
       env = await lifecycleEnvOn({ wrapEngine: failing('createSnapstore', 1) });
-      await assert.rejects(env.manager.createSnapshot(['disk0', 'disk1']), rejectsWith('internal', /injected createSnapstore failure/));
+      await assert.rejects(env.manager.createSnapshot(['disk0', 'disk1']), internalFailure(/injected createSnapstore failure/));
       await assertNothingLeft(env);
     });
 
     test('a snapstore file on another device than the location\'s is refused: the kernel would write to the wrong disk', TIMEOUT, async () => {
       env = await lifecycleEnvOn({ locationDevice: () => ({ major: 1, minor: 99 }) });
-      await assert.rejects(env.manager.createSnapshot(['disk0']), rejectsWith('internal', /not on the location's device 1:99/));
+      await assert.rejects(env.manager.createSnapshot(['disk0']), internalFailure(/not on the location's device 1:99/));
       await assertNothingLeft(env);
     });
 
