@@ -125,7 +125,13 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     for (const row of rows) {
       if (row.state !== 'creating' && row.state !== 'deleting') continue;
       log.warn({ snapshot: row.id, state: row.state }, 'finishing an interrupted operation');
-      await this.dropSnapshot(row);
+      try {
+        await this.dropSnapshot(row);
+      } catch (err) {
+        // Its disks answer 409 meanwhile; the others, and the agent's start, are not held up.
+        this.leftovers = true;
+        log.error({ err, snapshot: row.id }, 'cannot finish an interrupted operation: retried at the next create, delete or restart');
+      }
     }
     return remaining;
   }
@@ -150,6 +156,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     try {
       await this.finishInterrupted();
     } catch (err) {
+      // The kernel's snapshot list could not be read or an orphan not destroyed.
       this.leftovers = true;
       this.options.log.error({ err }, 'cannot finish what a failed rollback left: retried at the next create, delete or restart');
     }

@@ -1,6 +1,9 @@
 // The state store's guarantees that the lifecycle relies on: a state change made of several
 // statements is all or nothing, and the schema refuses rows that name nothing.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { afterEach, beforeEach, test } from 'node:test';
 import { openDatabase } from '../../src/db/database';
 import { AgentState, type SnapstoreRow } from '../../src/db/state';
@@ -39,4 +42,25 @@ test('an exception thrown by the work itself rolls back too, and the result of g
     return 'done';
   }), 'done');
   assert.deepEqual(state.snapshots().map((s) => s.id), ['2']);
+});
+
+test('a database from before the fill columns is migrated, its snapstores kept with no fill reported yet', { timeout: 10_000 }, () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'csa-db-'));
+  try {
+    const file = path.join(dir, 'agent.db');
+    const old = new AgentState(openDatabase(file));
+    old.insertSnapshot(snapshot('1'));
+    old.insertSnapstore(snapstore('a', '1'));
+    // Back to schema 2, as an agent of that version left it.
+    old.db.exec('ALTER TABLE snapstores DROP COLUMN filled_at; ALTER TABLE snapstores DROP COLUMN filled_bytes; PRAGMA user_version = 2');
+    old.db.close();
+    const reopened = new AgentState(openDatabase(file));
+    assert.deepEqual(reopened.snapstore('a'), snapstore('a', '1'));
+    reopened.setSnapstoreFill('a', 32768, '2026-01-01T00:01:00.000Z');
+    reopened.setSnapstoreFill('a', 16384, '2026-01-01T00:02:00.000Z');
+    assert.deepEqual([reopened.snapstore('a')!.filledBytes, reopened.snapstore('a')!.filledAt], [32768, '2026-01-01T00:01:00.000Z'], 'a smaller fill never replaces a larger one');
+    reopened.db.close();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
