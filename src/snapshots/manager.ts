@@ -16,7 +16,7 @@ import { faultPoint } from '../faults';
 import { SerialQueue } from '../serial';
 import type { Logger } from '../log';
 import type { ChangesRequest, Snapshot, SnapshotChanges, SnapstoreInfo, VolumeSnapshot } from '../service';
-import { deleteSnapstoreFiles, SnapstoreWatcher } from '../watchers/watcher';
+import { deleteSnapstoreFiles, recordedFill, SnapstoreWatcher } from '../watchers/watcher';
 import { computeChanges } from './changes';
 
 /** Share of a disk's size given to its snapstore up front (the original agent's choice). */
@@ -387,7 +387,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     const stores: SnapstoreInfo[] = [];
     for (const row of this.state.snapstores()) {
       if (row.state === 'creating') continue;
-      const fill = (await this.watchers.get(row.id)?.fill()) ?? { filledBytes: row.filledBytes, measuredAt: row.filledAt === null ? null : new Date(row.filledAt) };
+      const fill = (await this.watchers.get(row.id)?.fill()) ?? recordedFill(row);
       stores.push({
         id: row.id,
         trackedDiskId: row.diskId,

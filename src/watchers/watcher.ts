@@ -41,6 +41,10 @@ export interface SnapstoreFill {
   measuredAt: Date | null;
 }
 
+/** The fill last recorded in a snapstore's row. */
+export const recordedFill = (row: SnapstoreRow): SnapstoreFill =>
+  ({ filledBytes: row.filledBytes, measuredAt: row.filledAt === null ? null : new Date(row.filledAt) });
+
 const same = (a: DeviceId, b: DeviceId): boolean => a.major === b.major && a.minor === b.minor;
 
 /** Rounds up to whole MiB, which is whole copy-on-write blocks and whole sectors. */
@@ -111,8 +115,7 @@ export class SnapstoreWatcher {
     } catch (err) {
       log.warn({ err, snapstore: this.row.id }, 'snapstore fill query failed: answering the last known fill');
     }
-    const row = state.snapstore(this.row.id);
-    return { filledBytes: row?.filledBytes ?? 0, measuredAt: row?.filledAt == null ? null : new Date(row.filledAt) };
+    return recordedFill(state.snapstore(this.row.id) ?? this.row);
   }
 
   /**
