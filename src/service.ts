@@ -43,6 +43,8 @@ export interface Snapshot {
   createdAt: Date;
   volumes: VolumeSnapshot[];
   state: SnapshotState;
+  /** Why a live snapshot may overflow soon (a snapstore could not grow: its location is full), or null. */
+  atRisk: string | null;
   exports: SnapshotExport[];
 }
 
@@ -64,7 +66,11 @@ export interface SnapstoreInfo {
   trackedDiskId: string;
   storageLocation: string;
   allocatedBytes: number;
+  /** Copy-on-write bytes consumed, as of `usedBytesAsOf` (null: nothing reported yet). */
   usedBytes: number;
+  usedBytesAsOf: Date | null;
+  /** Why the snapstore could not grow (names the location, never a path), or null. */
+  atRisk: string | null;
 }
 
 export interface LocationInfo {

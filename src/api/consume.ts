@@ -18,7 +18,7 @@ import type { ServerResponse } from 'node:http';
 import type { RouterMiddleware } from '@koa/router';
 import rangeParser from 'range-parser';
 import type { ByteRange, ImageReader } from '../engine/types';
-import { AgentError } from '../errors';
+import { AgentError, isAgentError } from '../errors';
 import { countServedBytes } from '../metrics';
 import type { AgentService } from '../service';
 import { recycleReadBuffer } from '../native/reader';
@@ -165,6 +165,8 @@ function drained(res: ServerResponse): Promise<void> {
 
 function readImage(reader: ImageReader, range: ByteRange): Promise<Buffer> {
   return reader.read(range.offset, range.length).catch((err: unknown) => {
+    // The reader's own verdict (a snapshot that failed during the read: 409) stands as it is.
+    if (isAgentError(err)) throw err;
     const code = (err as { code?: unknown }).code;
     throw new AgentError('internal', `reading the snapshot image at offset ${range.offset} failed: ${typeof code === 'string' ? code : (err as Error).message}`, { cause: err });
   });

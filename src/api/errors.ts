@@ -38,6 +38,7 @@ const AGENT_ERRORS: Record<ErrorKind, { status: number; label: string }> = {
   conflict: { status: 409, label: 'Conflict' },
   invalid: { status: 400, label: 'Bad Request' },
   unavailable: { status: 503, label: 'Service Unavailable' },
+  'insufficient-storage': { status: 507, label: 'Insufficient Storage' },
   internal: { status: 500, label: 'Server error' },
 };
 

@@ -8,7 +8,7 @@
 // Answers name snapshots, disks and locations (as the other routes do), never errno text or
 // internal paths of a failed probe: those go to the log.
 import type { Logger } from '../log';
-import type { AgentService, SnapstoreInfo } from '../service';
+import type { AgentService } from '../service';
 import { isAgentError } from '../errors';
 import { VERSION } from '../version';
 
@@ -76,9 +76,6 @@ async function check<T>(log: Logger, timeoutMs: number, what: string, probe: () 
 
 const checkJson = (checked: Checked<unknown>): CheckJson => (checked.ok ? { status: 'ok' } : { status: 'failing', details: checked.problem });
 
-/** The at-risk mark of a snapstore, once the listing carries one (absent: not known, not at risk). */
-const atRiskOf = (snapstore: SnapstoreInfo): string | null => (snapstore as SnapstoreInfo & { atRisk?: string | null }).atRisk ?? null;
-
 export async function collectHealth(service: AgentService, probes: HealthProbes, log: Logger): Promise<HealthJson> {
   const timeoutMs = probes.timeoutMs ?? PROBE_TIMEOUT_MS;
   const [engine, database, locations, snapshots, snapstores] = await Promise.all([
@@ -96,10 +93,8 @@ export async function collectHealth(service: AgentService, probes: HealthProbes,
   }));
   const failedSnapshots = (snapshots.ok ? snapshots.value : []).flatMap((snapshot) =>
     snapshot.state.status === 'failed' ? [{ snapshot_id: snapshot.id, reason: snapshot.state.reason }] : []);
-  const atRisk = (snapstores.ok ? snapstores.value : []).flatMap((snapstore) => {
-    const reason = atRiskOf(snapstore);
-    return reason === null ? [] : [{ id: snapstore.id, tracked_disk_id: snapstore.trackedDiskId, reason }];
-  });
+  const atRisk = (snapstores.ok ? snapstores.value : []).flatMap(({ id, trackedDiskId, atRisk: reason }) =>
+    reason === null ? [] : [{ id, tracked_disk_id: trackedDiskId, reason }]);
 
   // Without the engine or the database nothing can be created, deleted or trusted.
   const failing = [engine, database, snapshots].flatMap((checked) => (checked.ok ? [] : [checked.problem]));

@@ -26,6 +26,10 @@ export interface SnapshotJson {
   state: 'ok' | 'failed';
   /** Only on a failed snapshot. */
   failure_reason?: string;
+  /** A snapstore of this snapshot could not grow: it may overflow. */
+  at_risk: boolean;
+  /** Only when at risk; names the snapstore location. */
+  at_risk_reason?: string;
   created_at: string;
   exports: ExportJson[];
 }
@@ -55,10 +59,12 @@ export function snapshotToJSON(snapshot: Snapshot): SnapshotJson {
     snapshot_id: snapshot.id,
     volume_snapshots: snapshot.volumes.map(volumeSnapshotToJSON),
     state: snapshot.state.status,
+    at_risk: snapshot.atRisk !== null,
     created_at: snapshot.createdAt.toISOString(),
     exports: snapshot.exports.map(exportToJSON),
   };
   if (snapshot.state.status === 'failed') json.failure_reason = snapshot.state.reason;
+  if (snapshot.atRisk !== null) json.at_risk_reason = snapshot.atRisk;
   return json;
 }
 
@@ -79,6 +85,9 @@ export function snapstoreToJSON(snapstore: SnapstoreInfo): object {
     storage_location: snapstore.storageLocation,
     allocated_disk_space: snapstore.allocatedBytes,
     used_disk_space: snapstore.usedBytes,
+    used_disk_space_as_of: snapstore.usedBytesAsOf?.toISOString() ?? null,
+    at_risk: snapstore.atRisk !== null,
+    ...(snapstore.atRisk === null ? {} : { at_risk_reason: snapstore.atRisk }),
   };
 }
 

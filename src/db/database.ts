@@ -76,6 +76,11 @@ const MIGRATIONS: readonly string[] = [
     FOREIGN KEY (snapshot_id, disk_id) REFERENCES volume_snapshots (snapshot_id, disk_id) ON DELETE CASCADE
   );
   `,
+  // The last fill the engine reported, kept because veeamsnap cannot report it after a restart.
+  `
+  ALTER TABLE snapstores ADD COLUMN filled_bytes INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE snapstores ADD COLUMN filled_at TEXT;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -36,6 +36,9 @@ export interface SnapstoreRow {
   state: 'creating' | 'active' | 'cleaning';
   /** Why growth is stalled (the location is full...), or null. */
   atRisk: string | null;
+  /** Copy-on-write bytes the engine last reported consumed, and when that was true (ISO time), or null before any report. */
+  filledBytes: number;
+  filledAt: string | null;
 }
 
 export interface SnapstoreFileRow {
@@ -72,7 +75,8 @@ export interface ExportRow {
 const EXPORT_COLUMNS = 'name, snapshot_id AS snapshotId, disk_id AS diskId, http_path AS httpPath';
 const SNAPSHOT_COLUMNS = 'id, engine_handle AS engineHandle, state, failure, created_at AS createdAt';
 const SNAPSTORE_COLUMNS = `id, snapshot_id AS snapshotId, disk_id AS diskId, location, directory,
-  storage_major AS storageMajor, storage_minor AS storageMinor, state, at_risk AS atRisk`;
+  storage_major AS storageMajor, storage_minor AS storageMinor, state, at_risk AS atRisk,
+  filled_bytes AS filledBytes, filled_at AS filledAt`;
 const VOLUME_COLUMNS = `snapshot_id AS snapshotId, disk_id AS diskId, snapstore_id AS snapstoreId,
   original_path AS originalPath, original_major AS originalMajor, original_minor AS originalMinor,
   image_path AS imagePath, image_major AS imageMajor, image_minor AS imageMinor,
@@ -221,8 +225,9 @@ export class AgentState {
   }
 
   insertSnapstore(row: SnapstoreRow): void {
-    this.db.prepare(`INSERT INTO snapstores (id, snapshot_id, disk_id, location, directory, storage_major, storage_minor, state, at_risk)
-      VALUES (@id, @snapshotId, @diskId, @location, @directory, @storageMajor, @storageMinor, @state, @atRisk)`).run(row);
+    this.db.prepare(`INSERT INTO snapstores (id, snapshot_id, disk_id, location, directory, storage_major, storage_minor, state, at_risk,
+      filled_bytes, filled_at)
+      VALUES (@id, @snapshotId, @diskId, @location, @directory, @storageMajor, @storageMinor, @state, @atRisk, @filledBytes, @filledAt)`).run(row);
   }
 
   setSnapstoreState(id: string, state: SnapstoreRow['state']): void {
@@ -231,6 +236,11 @@ export class AgentState {
 
   setSnapstoreAtRisk(id: string, atRisk: string | null): void {
     this.db.prepare('UPDATE snapstores SET at_risk = ? WHERE id = ?').run(atRisk, id);
+  }
+
+  /** Records a fill report; an older or smaller one never replaces a newer (the fill only grows). */
+  setSnapstoreFill(id: string, filledBytes: number, filledAt: string): void {
+    this.db.prepare('UPDATE snapstores SET filled_bytes = ?, filled_at = ? WHERE id = ? AND filled_bytes <= ?').run(filledBytes, filledAt, id, filledBytes);
   }
 
   deleteSnapstore(id: string): void {

@@ -36,7 +36,7 @@ import { EngineError } from './errors';
 import { spansThatMayDiffer } from './layout';
 import type {
   ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,
-  SnapstoreEvent, SnapstoreOptions, TrackerInfo,
+  SnapstoreEvent, SnapstoreOptions, SnapstoreUsage, TrackerInfo,
 } from './types';
 
 const execFileAsync = promisify(execFile);
@@ -449,6 +449,15 @@ export class SimulatedEngine implements SnapshotEngine {
 
   async cleanupSnapstore(id: string): Promise<void> {
     await this.requestCleanup(id);
+  }
+
+  /** The model measures the fill now: it counts the blocks copied up to this moment first. */
+  async snapstoreUsage(id: string): Promise<SnapstoreUsage | null> {
+    // A scan already under way may have looked at the disks before the latest writes.
+    await this.scanning;
+    await this.scan();
+    const snapstore = this.state?.snapstores.find((s) => s.id === id);
+    return snapstore === undefined ? null : { filledBytes: snapstore.filledBytes, measuredAt: new Date() };
   }
 
   /** @internal Cleans up; false when the snapstore is unknown (the module answers 0 then too). */

@@ -79,6 +79,17 @@ export interface SnapshotInfo {
   images: SnapshotImage[];
 }
 
+/** A snapstore's fill as an engine knows it. */
+export interface SnapstoreUsage {
+  /** Copy-on-write bytes consumed: a high-water mark that never shrinks. */
+  filledBytes: number;
+  /**
+   * When `filledBytes` was true: the time of the query for an engine that can measure the fill,
+   * else the time of the kernel's last report of it (veeamsnap: creation or the last event).
+   */
+  measuredAt: Date;
+}
+
 export type SnapshotHealth = { ok: true } | { ok: false; errno: number; code: string; reason: string };
 
 /** Reads of a snapshot image. Fails with EIO once the snapshot is corrupt, as the kernel does. */
@@ -109,6 +120,12 @@ export interface SnapshotEngine {
   addSnapstoreSpace(id: string, ranges: ByteRange[]): Promise<void>;
   /** Drops a snapstore by id without its event stream (after an agent restart). */
   cleanupSnapstore(id: string): Promise<void>;
+  /**
+   * A snapstore's fill, as fresh as the engine can know it, without changing anything. Null when
+   * the engine knows nothing of it: veeamsnap has no fill query, only the fill carried by the
+   * events of the snapstore's pipe, and a restarted agent never gets that pipe back.
+   */
+  snapstoreUsage(id: string): Promise<SnapstoreUsage | null>;
 
   /** Captures all devices at once; every device must have a snapstore. */
   createSnapshot(devices: DeviceId[]): Promise<SnapshotInfo>;

@@ -19,7 +19,7 @@ import { SerialQueue } from '../serial';
 import { EngineError } from './errors';
 import type {
   ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,
-  SnapstoreEvent, SnapstoreOptions, TrackerInfo,
+  SnapstoreEvent, SnapstoreOptions, SnapstoreUsage, TrackerInfo,
 } from './types';
 
 const CBT_READ_CHUNK = 4 * 1024 * 1024;
@@ -67,6 +67,8 @@ const TERMINATE_WAIT_MS = 10_000;
 
 export class VeeamsnapSnapstore extends EventEmitter implements Snapstore {
   private terminated: Promise<{ filledBytes: number }>;
+  /** The module's only fill reports are its events; a new snapstore holds nothing. */
+  private lastUsage: SnapstoreUsage = { filledBytes: 0, measuredAt: new Date() };
 
   constructor(readonly id: string, private readonly pipe: SnapstorePipe,
     private readonly control: Pick<VeeamsnapControl, 'snapstoreCleanup' | 'snapstoreMemory'>,
@@ -86,7 +88,12 @@ export class VeeamsnapSnapstore extends EventEmitter implements Snapstore {
     pipe.on('error', (err) => this.emit('error', err));
   }
 
+  get usage(): SnapstoreUsage {
+    return { ...this.lastUsage };
+  }
+
   private emitEvent(event: SnapstoreEvent): void {
+    this.lastUsage = { filledBytes: event.filledBytes, measuredAt: new Date() };
     this.emit('event', event);
   }
 
@@ -274,6 +281,11 @@ export class VeeamsnapEngine implements SnapshotEngine {
     return this.queue.run(async () => {
       await this.live().snapstoreCleanup(Buffer.from(id, 'hex'));
     });
+  }
+
+  /** The fill of the snapstore's last event: the module has no query (SNAPSTORE_CLEANUP would drop it). */
+  async snapstoreUsage(id: string): Promise<SnapstoreUsage | null> {
+    return [...this.snapstores].find((s) => s.id === id)?.usage ?? null;
   }
 
   // ---- snapshots ------------------------------------------------------------------------------

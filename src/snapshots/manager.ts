@@ -16,7 +16,7 @@ import { faultPoint } from '../faults';
 import { SerialQueue } from '../serial';
 import type { Logger } from '../log';
 import type { ChangesRequest, Snapshot, SnapshotChanges, SnapstoreInfo, VolumeSnapshot } from '../service';
-import { deleteSnapstoreFiles, SnapstoreWatcher } from '../watchers/watcher';
+import { deleteSnapstoreFiles, recordedFill, SnapstoreWatcher } from '../watchers/watcher';
 import { computeChanges } from './changes';
 
 /** Share of a disk's size given to its snapstore up front (the original agent's choice). */
@@ -45,11 +45,20 @@ export interface ManagerEvents {
 
 const device = (major: number, minor: number): DeviceId => ({ major, minor });
 
+/** A snapstore that could not grow: its snapshot may overflow (for the health endpoint). */
+export interface AtRiskSnapstore {
+  snapstoreId: string;
+  snapshotId: string;
+  trackedDiskId: string;
+  location: string;
+  reason: string;
+}
+
 export class SnapshotManager extends EventEmitter<ManagerEvents> {
   private readonly watchers = new Map<string, SnapstoreWatcher>();
-  /** Fill level last reported by each snapstore's events. */
-  private readonly filled = new Map<string, number>();
   private readonly lifecycle = new SerialQueue();
+  /** A rollback failed: what it left is finished before the next create or delete. */
+  private leftovers = false;
   private healthTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: ManagerOptions) {
@@ -78,34 +87,53 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   }
 
   private async reconcile(): Promise<void> {
-    const { engine, log } = this.options;
-    const rows = this.state.snapshots();
-    const kept = new Set(rows.filter((r) => r.state === 'ok' || r.state === 'failed').map((r) => r.engineHandle));
-    // Kernel snapshots no finished row owns: a crash during create or delete left them.
-    const listed = await engine.listSnapshots();
-    for (const snapshot of listed) {
-      if (kept.has(snapshot.handle)) continue;
-      log.warn({ handle: snapshot.handle }, 'destroying a snapshot left by an interrupted operation');
-      await this.destroyIgnoringGone(snapshot.handle);
-    }
-    const known = new Set(listed.map((s) => s.handle));
-    for (const row of rows) {
-      if (row.state === 'creating' || row.state === 'deleting') {
-        log.warn({ snapshot: row.id, state: row.state }, 'finishing an interrupted operation');
-        await this.dropSnapshot(row);
-        continue;
-      }
+    const known = await this.finishInterrupted();
+    for (const row of this.state.snapshots()) {
       for (const store of this.state.snapstoresOf(row.id)) {
-        // The kernel cannot give a restarted agent the snapstore's events back, so a HALFFILL
-        // sent while it was down is lost: grow once now instead of waiting for one.
         const watcher = this.watch(store, null);
-        await watcher.grow();
+        // The kernel cannot give a restarted agent the snapstore's events back: the watcher
+        // grows it if its fill calls for it, now and from now on.
+        if (row.state === 'ok') await watcher.resume();
+        else await watcher.stop();
       }
       if (row.state === 'ok' && (row.engineHandle === null || !known.has(row.engineHandle))) {
         this.markFailed(row.id, 'the kernel no longer has this snapshot');
       }
     }
     await this.checkHealth();
+  }
+
+  /**
+   * Undoes what an interrupted create or delete left (a crash, or a rollback that failed):
+   * kernel snapshots no finished row owns, and rows still creating or deleting. Returns the
+   * handles of the kernel snapshots that remain.
+   */
+  private async finishInterrupted(): Promise<Set<string>> {
+    const { engine, log } = this.options;
+    this.leftovers = false;
+    const rows = this.state.snapshots();
+    const kept = new Set(rows.filter((r) => r.state === 'ok' || r.state === 'failed').map((r) => r.engineHandle));
+    const remaining = new Set<string>();
+    for (const snapshot of await engine.listSnapshots()) {
+      if (kept.has(snapshot.handle)) {
+        remaining.add(snapshot.handle);
+        continue;
+      }
+      log.warn({ handle: snapshot.handle }, 'destroying a snapshot left by an interrupted operation');
+      await this.destroyIgnoringGone(snapshot.handle);
+    }
+    for (const row of rows) {
+      if (row.state !== 'creating' && row.state !== 'deleting') continue;
+      log.warn({ snapshot: row.id, state: row.state }, 'finishing an interrupted operation');
+      try {
+        await this.dropSnapshot(row);
+      } catch (err) {
+        // Its disks answer 409 meanwhile; the others, and the agent's start, are not held up.
+        this.leftovers = true;
+        log.error({ err, snapshot: row.id }, 'cannot finish an interrupted operation: retried at the next create, delete or restart');
+      }
+    }
+    return remaining;
   }
 
   // ---- create ---------------------------------------------------------------------------------
@@ -116,7 +144,22 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     }
     const duplicate = trackedDiskIds.find((id, index) => trackedDiskIds.indexOf(id) !== index);
     if (duplicate !== undefined) return Promise.reject(invalid(`disk ${duplicate} is listed twice`));
-    return this.lifecycle.run(() => this.create(trackedDiskIds));
+    return this.lifecycle.run(async () => {
+      await this.finishLeftovers();
+      return this.create(trackedDiskIds);
+    });
+  }
+
+  /** Retries what a failed rollback left; failing again, it is logged and the operation goes on. */
+  private async finishLeftovers(): Promise<void> {
+    if (!this.leftovers) return;
+    try {
+      await this.finishInterrupted();
+    } catch (err) {
+      // The kernel's snapshot list could not be read or an orphan not destroyed.
+      this.leftovers = true;
+      this.options.log.error({ err }, 'cannot finish what a failed rollback left: retried at the next create, delete or restart');
+    }
   }
 
   private async create(diskIds: string[]): Promise<Snapshot> {
@@ -136,7 +179,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       const id = crypto.randomBytes(16).toString('hex');
       return {
         id, snapshotId, diskId: disk.id, location: mapping.location, directory: `${mapping.location}/${id}`,
-        storageMajor: storage.major, storageMinor: storage.minor, state: 'creating', atRisk: null,
+        storageMajor: storage.major, storageMinor: storage.minor, state: 'creating', atRisk: null, filledBytes: 0, filledAt: null,
       };
     });
     state.transaction(() => {
@@ -158,10 +201,28 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       await this.capture(snapshotId, disks.map(({ disk }) => ({ id: disk.id, device: device(disk.major, disk.minor) })));
     } catch (err) {
       this.options.log.error({ err, snapshot: snapshotId }, 'snapshot creation failed: rolling back');
-      await this.dropSnapshot(state.snapshot(snapshotId)!);
-      throw err instanceof AgentError ? err : new AgentError('internal', `cannot create the snapshot: ${(err as Error).message}`, { cause: err });
+      await this.rollBack(snapshotId);
+      if (err instanceof AgentError) throw err;
+      // The raw message may name snapstore files: it stays in the log, the client gets the errno.
+      throw new AgentError('internal', `cannot create the snapshot: ${errorCode(err) ?? 'internal error'}, see the agent log`, { cause: err });
     }
     return this.getSnapshot(snapshotId);
+  }
+
+  /**
+   * Undoes a failed create. A rollback that fails itself must neither hide the create's own
+   * error nor hold the lifecycle: it is logged, and what it left is finished before the next
+   * create or delete (or at restart), from the rows as they are then.
+   */
+  private async rollBack(snapshotId: string): Promise<void> {
+    try {
+      // The row as it is now: the kernel snapshot's handle may have been recorded since.
+      const row = this.state.snapshot(snapshotId);
+      if (row !== undefined) await this.dropSnapshot(row);
+    } catch (err) {
+      this.leftovers = true;
+      this.options.log.error({ err, snapshot: snapshotId }, 'rollback failed: finished at the next create, delete or restart');
+    }
   }
 
   private async createSnapstores(stores: SnapstoreRow[], paths: string[]): Promise<void> {
@@ -218,6 +279,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
 
   deleteSnapshot(id: string): Promise<void> {
     return this.lifecycle.run(async () => {
+      await this.finishLeftovers();
       const row = this.state.snapshot(id);
       if (row === undefined) return;
       const exportNames = this.state.exportsOf(id).map((x) => x.name);
@@ -233,6 +295,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   private async dropSnapshot(row: SnapshotRow): Promise<void> {
     if (row.engineHandle !== null) await this.destroyIgnoringGone(row.engineHandle);
     faultPoint('delete:destroyed');
+    await this.assertNoImages(row.id);
     for (const store of this.state.snapstoresOf(row.id)) {
       const watcher = this.watchers.get(store.id);
       if (watcher !== undefined) {
@@ -242,10 +305,22 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
         await deleteSnapstoreFiles(this.state, store);
       }
       this.watchers.delete(store.id);
-      this.filled.delete(store.id);
       faultPoint('delete:released');
     }
     this.state.deleteSnapshot(row.id);
+  }
+
+  /**
+   * A snapstore may be released only once no image of its disk is left (spec 9.4): the kernel
+   * would go on writing into its files, and its TERMINATE would never come.
+   */
+  private async assertNoImages(snapshotId: string): Promise<void> {
+    const images = await this.options.engine.listImages();
+    for (const volume of this.state.volumes(snapshotId)) {
+      if (images.some((i) => i.original.major === volume.originalMajor && i.original.minor === volume.originalMinor)) {
+        throw new Error(`the kernel still has an image of disk ${volume.diskId}: snapshot ${snapshotId}'s snapstores are kept until it is gone`);
+      }
+    }
   }
 
   private async destroyIgnoringGone(handle: string): Promise<void> {
@@ -295,8 +370,12 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
         try {
           return await reader.read(offset, length);
         } catch (err) {
-          // An image that fails reads has usually lost its snapstore: find out and say so.
-          if (errorCode(err) === 'EIO') await this.checkHealth();
+          // An image that fails reads has usually lost its snapstore: find out and say so, as
+          // the same conflict every later open answers (NBD turns it into EIO).
+          if (errorCode(err) !== 'EIO') throw err;
+          await this.checkHealth();
+          const now = this.state.snapshot(snapshotId);
+          if (now?.state === 'failed') throw conflict(`snapshot ${snapshotId} has failed: ${now.failure ?? 'unknown'}`);
           throw err;
         }
       },
@@ -305,13 +384,34 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   }
 
   async listSnapstores(): Promise<SnapstoreInfo[]> {
-    return this.state.snapstores().filter((s) => s.state !== 'creating').map((s) => ({
-      id: s.id,
-      trackedDiskId: s.diskId,
-      storageLocation: s.location,
-      allocatedBytes: this.state.allocatedBytesOf(s.id),
-      usedBytes: this.filled.get(s.id) ?? 0,
-    }));
+    const stores: SnapstoreInfo[] = [];
+    for (const row of this.state.snapstores()) {
+      if (row.state === 'creating') continue;
+      const fill = (await this.watchers.get(row.id)?.fill()) ?? recordedFill(row);
+      stores.push({
+        id: row.id,
+        trackedDiskId: row.diskId,
+        storageLocation: row.location,
+        allocatedBytes: this.state.allocatedBytesOf(row.id),
+        usedBytes: fill.filledBytes,
+        usedBytesAsOf: fill.measuredAt,
+        atRisk: this.atRiskReason(row),
+      });
+    }
+    return stores;
+  }
+
+  /** Snapstores of live snapshots whose growth is stalled: those snapshots may overflow. */
+  atRiskSnapstores(): AtRiskSnapstore[] {
+    return this.state.snapstores().flatMap((row) => {
+      const reason = this.atRiskReason(row);
+      return reason === null ? [] : [{ snapstoreId: row.id, snapshotId: row.snapshotId, trackedDiskId: row.diskId, location: row.location, reason }];
+    });
+  }
+
+  /** A failed snapshot is past risk: its failure says what happened. */
+  private atRiskReason(row: SnapstoreRow): string | null {
+    return row.atRisk !== null && this.state.snapshot(row.snapshotId)?.state === 'ok' ? row.atRisk : null;
   }
 
   private volumeOf(snapshot: Snapshot, diskId: string): VolumeRow {
@@ -330,11 +430,13 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       cbtBlockSize: v.cbtBlockSize!,
       sizeBytes: v.sizeBytes!,
     }));
+    const atRisk = this.state.snapstoresOf(row.id).map((store) => this.atRiskReason(store)).filter((r) => r !== null);
     return {
       id: row.id,
       createdAt: new Date(row.createdAt),
       volumes,
       state: row.state === 'failed' ? { status: 'failed', reason: row.failure ?? 'unknown' } : { status: 'ok' },
+      atRisk: atRisk.length === 0 ? null : atRisk.join('; '),
       exports: this.state.exportsOf(row.id).map((x) => ({ nbdExportName: x.name, httpPath: x.httpPath, trackedDiskId: x.diskId })),
     };
   }
@@ -342,13 +444,13 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   // ---- health ---------------------------------------------------------------------------------
 
   private watch(store: SnapstoreRow, snapstore: Snapstore | null): SnapstoreWatcher {
-    snapstore?.on('event', (event) => this.filled.set(store.id, event.filledBytes));
     const watcher = new SnapstoreWatcher(store, snapstore, {
       engine: this.options.engine,
       state: this.state,
       log: this.options.log,
       chunkBytes: this.options.snapStoreFileSize,
       retryMs: this.options.growthRetryMs,
+      pollMs: this.options.healthIntervalMs,
       onOverflow: (row, reason) => this.markFailed(row.snapshotId, reason),
     });
     this.watchers.set(store.id, watcher);
@@ -358,9 +460,15 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   private markFailed(snapshotId: string, reason: string): void {
     const row = this.state.snapshot(snapshotId);
     if (row === undefined || row.state !== 'ok') return;
-    this.state.setSnapshotState(snapshotId, 'failed', reason);
-    this.options.log.error({ snapshot: snapshotId, reason }, 'snapshot failed');
-    this.emit('failed', snapshotId, reason);
+    const stores = this.state.snapstoresOf(snapshotId);
+    // A growth that had stalled is usually why: say so.
+    const stalled = stores.map((store) => store.atRisk).filter((risk) => risk !== null);
+    const full = stalled.length === 0 ? reason : `${reason} (${stalled.join('; ')})`;
+    this.state.setSnapshotState(snapshotId, 'failed', full);
+    this.options.log.error({ snapshot: snapshotId, reason: full }, 'snapshot failed');
+    // Space for a dead snapstore would be wasted: its watchers stop growing it.
+    for (const store of stores) void this.watchers.get(store.id)?.stop();
+    this.emit('failed', snapshotId, full);
   }
 
   /** Asks the kernel about every live snapshot: overflow events can be missed across restarts. */

@@ -1,6 +1,11 @@
-// One watcher per snapstore: gives it its initial space, grows it by one file whenever the
-// kernel says free space fell below the threshold, reports an overflow, and deletes the files
-// once the kernel has let go of them (TERMINATE).
+// One watcher per snapstore: gives it its initial space, grows it by one file whenever it runs
+// low on free space, reports an overflow, knows its fill, and deletes the files once the kernel
+// has let go of them (TERMINATE).
+//
+// "Low" is the kernel's HALFFILL rule: less than the threshold (one growth step) free, noticed at
+// a copy-on-write, never for an idle snapstore. With an event stream the kernel says so; without
+// one (after an agent restart) the watcher asks the engine for the fill, at resume and then
+// periodically, and applies the same rule.
 //
 // Every file is recorded in the database before it is created, so a crash at any point leaves
 // a row that names it and the next start can delete it. Space is handed to the kernel only as
@@ -10,6 +15,8 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { ByteRange, DeviceId, SnapshotEngine, Snapstore, SnapstoreEvent } from '../engine/types';
 import type { AgentState, SnapstoreRow } from '../db/state';
+import { errorCode } from '../engine/errors';
+import { insufficientStorage, isAgentError } from '../errors';
 import type { Logger } from '../log';
 import { faultPoint } from '../faults';
 import { countSnapstoreGrowth, countSnapstoreOverflow } from '../metrics';
@@ -19,22 +26,44 @@ export interface WatcherOptions {
   engine: SnapshotEngine;
   state: AgentState;
   log: Logger;
-  /** Growth step, snap_store_file_size. */
+  /** Growth step and free-space threshold, snap_store_file_size. */
   chunkBytes: number;
   /** How often a stalled growth (full location) is retried. */
   retryMs?: number;
+  /** How often the fill of a snapstore without an event stream is checked. */
+  pollMs?: number;
   /** The snapstore's data is corrupt: its snapshot must be marked failed. */
   onOverflow(row: SnapstoreRow, reason: string): void;
 }
+
+/** What is known of a snapstore's fill, and when it was true (null: nothing reported yet). */
+export interface SnapstoreFill {
+  filledBytes: number;
+  measuredAt: Date | null;
+}
+
+/** The fill last recorded in a snapstore's row. */
+export const recordedFill = (row: SnapstoreRow): SnapstoreFill =>
+  ({ filledBytes: row.filledBytes, measuredAt: row.filledAt === null ? null : new Date(row.filledAt) });
 
 const same = (a: DeviceId, b: DeviceId): boolean => a.major === b.major && a.minor === b.minor;
 
 /** Rounds up to whole MiB, which is whole copy-on-write blocks and whole sectors. */
 export const roundToMiB = (bytes: number): number => Math.ceil(bytes / 2 ** 20) * 2 ** 20;
 
+/** Space that was ready when the watcher stopped: it is not handed to the kernel. */
+const STOPPED = new Error('the snapstore watcher stopped');
+
+/** Errors of a file system without room for a new file. */
+const isFull = (err: unknown): boolean => errorCode(err) === 'ENOSPC' || errorCode(err) === 'EDQUOT';
+
 export class SnapstoreWatcher {
   private growing: Promise<void> = Promise.resolve();
+  /** Growth steps asked for and not finished. */
+  private pendingGrowth = 0;
   private retryTimer: NodeJS.Timeout | null = null;
+  private pollTimer: NodeJS.Timeout | null = null;
+  private checking = false;
   private stopped = false;
 
   /**
@@ -51,12 +80,18 @@ export class SnapstoreWatcher {
     return this.row.id;
   }
 
+  /** Why growth is stalled, or null. */
+  get atRisk(): string | null {
+    return this.row.atRisk;
+  }
+
   private get storage(): DeviceId {
     return { major: this.row.storageMajor, minor: this.row.storageMinor };
   }
 
   private onEvent(event: SnapstoreEvent): void {
     const log = this.options.log.child({ snapstore: this.row.id, disk: this.row.diskId });
+    this.options.state.setSnapstoreFill(this.row.id, event.filledBytes, new Date().toISOString());
     switch (event.type) {
       case 'halffill':
         log.info({ filledBytes: event.filledBytes }, 'snapstore below its free-space threshold: growing it');
@@ -73,7 +108,50 @@ export class SnapstoreWatcher {
     }
   }
 
-  /** Adds `bytes` of space as one new file. Throws when it cannot (the caller decides). */
+  /** The freshest fill known: the engine's if it can tell, else the last one it reported. */
+  async fill(): Promise<SnapstoreFill> {
+    const { engine, state, log } = this.options;
+    try {
+      const usage = await engine.snapstoreUsage(this.row.id);
+      if (usage !== null) state.setSnapstoreFill(this.row.id, usage.filledBytes, usage.measuredAt.toISOString());
+    } catch (err) {
+      log.warn({ err, snapstore: this.row.id }, 'snapstore fill query failed: answering the last known fill');
+    }
+    return recordedFill(state.snapstore(this.row.id) ?? this.row);
+  }
+
+  /**
+   * Takes over a snapstore after an agent restart: grows it if its fill calls for it (or a
+   * growth had stalled), then keeps checking its fill, since no HALFFILL will come.
+   */
+  async resume(): Promise<void> {
+    if (this.row.atRisk !== null || (await this.isLow())) await this.grow();
+    if (this.stopped || this.snapstore !== null) return;
+    this.pollTimer = setInterval(() => void this.checkFill(), this.options.pollMs ?? 5000);
+    this.pollTimer.unref();
+  }
+
+  private async checkFill(): Promise<void> {
+    // A stalled growth has its own retry; one in flight will add the space.
+    if (this.stopped || this.checking || this.pendingGrowth > 0 || this.row.atRisk !== null) return;
+    this.checking = true;
+    try {
+      if (await this.isLow()) await this.grow();
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  private async isLow(): Promise<boolean> {
+    const { filledBytes } = await this.fill();
+    const free = this.options.state.allocatedBytesOf(this.row.id) - filledBytes;
+    return filledBytes > 0 && free < this.options.chunkBytes;
+  }
+
+  /**
+   * Adds `bytes` of space as one new file. Throws when it cannot (the caller decides): a full
+   * location as an insufficient-storage error that names the location, not the file.
+   */
   async addSpace(bytes: number): Promise<void> {
     const { state, engine } = this.options;
     const size = roundToMiB(bytes);
@@ -88,20 +166,30 @@ export class SnapstoreWatcher {
         throw new Error(`${file} is on ${extents.device.major}:${extents.device.minor}, not on the location's device ${this.storage.major}:${this.storage.minor}`);
       }
       const ranges: ByteRange[] = extents.ranges;
+      // The snapshot may have failed during the allocation: a dead snapstore gets nothing more.
+      if (this.stopped) throw STOPPED;
       if (this.snapstore !== null) await this.snapstore.addDeviceRanges(ranges);
       else await engine.addSnapstoreSpace(this.row.id, ranges);
     } catch (err) {
       // Nothing of this file reached the kernel: it can go at once.
       await fsp.rm(file, { force: true });
       state.deleteFile(file);
+      if (isFull(err)) throw this.locationFull(size, err);
       throw err;
     }
     state.setFileState(file, 'added');
   }
 
+  private locationFull(needed: number, cause?: unknown): Error {
+    return insufficientStorage(`snapstore location ${this.row.location} is full: the snapstore of ${this.row.diskId} needs ${needed} more bytes`, cause);
+  }
+
   /** One growth step at a time; a full location is retried until space returns. */
   grow(): Promise<void> {
-    this.growing = this.growing.then(() => this.growOnce());
+    this.pendingGrowth++;
+    this.growing = this.growing.then(() => this.growOnce()).finally(() => {
+      this.pendingGrowth--;
+    });
     return this.growing;
   }
 
@@ -109,10 +197,8 @@ export class SnapstoreWatcher {
     if (this.stopped) return;
     const { state, log, chunkBytes } = this.options;
     try {
-      const { availableBytes } = fsStats(this.row.location);
-      if (availableBytes < roundToMiB(chunkBytes)) {
-        throw Object.assign(new Error(`${this.row.location} has ${availableBytes} bytes free, ${roundToMiB(chunkBytes)} needed`), { code: 'ENOSPC' });
-      }
+      const needed = roundToMiB(chunkBytes);
+      if (fsStats(this.row.location).availableBytes < needed) throw this.locationFull(needed);
       await this.addSpace(chunkBytes);
       countSnapstoreGrowth(this.row.diskId, 'ok');
       if (this.row.atRisk !== null) {
@@ -121,8 +207,11 @@ export class SnapstoreWatcher {
         log.info({ snapstore: this.row.id }, 'snapstore growth resumed');
       }
     } catch (err) {
+      if (err === STOPPED) return;
       countSnapstoreGrowth(this.row.diskId, 'failed');
-      const reason = `cannot grow the snapstore of ${this.row.diskId}: ${(err as Error).message}`;
+      // The reason reaches API clients: the location's name and an errno, never a file path.
+      const reason = isAgentError(err) ? err.message
+        : `cannot grow the snapstore of ${this.row.diskId} in snapstore location ${this.row.location}: ${errorCode(err) ?? 'internal error'}`;
       log.error({ err, snapstore: this.row.id }, 'snapstore growth failed: the snapshot is at risk of overflowing');
       this.row.atRisk = reason;
       state.setSnapstoreAtRisk(this.row.id, reason);
@@ -139,11 +228,13 @@ export class SnapstoreWatcher {
     this.retryTimer.unref();
   }
 
-  /** Stops growing; kernel state and files are left alone. */
+  /** Stops growing (a failed snapshot's snapstore, or shutdown); kernel state and files are left alone. */
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    if (this.pollTimer !== null) clearInterval(this.pollTimer);
     this.retryTimer = null;
+    this.pollTimer = null;
     await this.growing;
   }
 

@@ -130,6 +130,7 @@ describe('snapshots', () => {
         size: MiB,
       }],
       state: 'ok',
+      at_risk: false,
       created_at: '2024-05-01T10:00:00.000Z',
       exports: [{ nbd_export_name: `${id}/vda`, http_path: `/api/v1/snapshots/${id}/consume/vda`, tracked_disk_id: 'vda' }],
     });
@@ -325,7 +326,7 @@ describe('snapstores, locations, mappings', () => {
     for (const path of ['/api/v1/snapstores', '/api/v1/snapstores/']) {
       assert.deepEqual(assertJson(await get(path), 200), [{
         id: 'store-vda', tracked_disk_id: 'vda', storage_location: '/mnt/snapstores/snapstore_files',
-        allocated_disk_space: 5368709120, used_disk_space: 1073741824,
+        allocated_disk_space: 5368709120, used_disk_space: 1073741824, used_disk_space_as_of: '2024-05-01T10:05:00.000Z', at_risk: false,
       }]);
     }
     for (const path of ['/api/v1/snapstorelocations', '/api/v1/snapstorelocations/']) {

@@ -60,3 +60,17 @@ describe('veeamsnap snapstore cleanup', () => {
     assert.equal(pipe.closed, 1);
   });
 });
+
+describe('veeamsnap snapstore fill', () => {
+  it('is what the last event reported, with its time: the module has no fill query', { timeout: 10_000 }, () => {
+    const { snapstore: store, pipe } = snapstore(0n);
+    const created = store.usage;
+    assert.equal(created.filledBytes, 0, 'a new snapstore holds nothing');
+    pipe.emit('halffill', { type: 'halffill', filledBytes: 5n * 1024n * 1024n });
+    const reported = store.usage;
+    assert.equal(reported.filledBytes, 5 * 1024 * 1024);
+    assert.ok(reported.measuredAt >= created.measuredAt);
+    pipe.emit('overflow', { type: 'overflow', errno: -22, filledBytes: 7n * 1024n * 1024n });
+    assert.equal(store.usage.filledBytes, 7 * 1024 * 1024);
+  });
+});

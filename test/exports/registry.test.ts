@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { afterEach, test } from 'node:test';
 import { SqliteExportRegistry } from '../../src/exports/registry';
 import { DISK_SIZE, lifecycleEnv, MiB, pattern, writeDisk, type LifecycleEnv } from '../snapshots/helpers/env';
@@ -42,7 +43,8 @@ test('exports come back after a restart, and a failed snapshot\'s exports refuse
   const name = `${snapshot.id}/disk0`;
   assert.deepEqual(registry.list().map((x) => x.name), [name]);
 
-  const failed = new Promise<[string, string]>((resolve) => registry.once('failed', (...args) => resolve(args)));
+  // An overflow whose failure is never announced must fail this test, not hang it.
+  const failed = once(registry, 'failed', { signal: AbortSignal.timeout(30_000) }) as Promise<[string, string]>;
   // The engine's and manager's timers do not hold the process open; this one does meanwhile.
   const keepAlive = setInterval(() => undefined, 1000);
   writeDisk(env.disks[0]!.path, 0, pattern(60 * MiB, 3));

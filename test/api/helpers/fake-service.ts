@@ -134,6 +134,7 @@ export class FakeAgentService implements AgentService {
       id,
       createdAt: new Date('2024-05-01T10:00:00.000Z'),
       state: { status: 'ok' },
+      atRisk: null,
       volumes: items.map(({ spec, disk }, index) => ({
         trackedDiskId: spec.name,
         original: { devicePath: disk.path, major: disk.device.major, minor: disk.device.minor },
@@ -214,6 +215,7 @@ export class FakeAgentService implements AgentService {
       storageLocation: LOCATION,
       allocatedBytes: 5368709120,
       usedBytes: 1073741824,
+      usedBytesAsOf: new Date('2024-05-01T10:05:00.000Z'),
       atRisk: this.atRisk.get(volume.trackedDiskId) ?? null,
     })));
   }
