@@ -83,19 +83,22 @@ class ResponseTracker {
 }
 
 /** Stops accepting at once, waits for what is in flight until the grace ends, then cuts the rest. */
-async function drainServers(api: HttpsServer, responses: ResponseTracker, nbd: NbdServer, drain: DrainOptions): Promise<DrainReport> {
+async function drainServers(api: HttpsServer, responses: ResponseTracker, nbd: NbdServer, drain: DrainOptions, log: Logger): Promise<DrainReport> {
   // Called back (with ERR_SERVER_NOT_RUNNING) even when the start failed before listening.
   const apiClosed = new Promise<void>((resolve) => api.close(() => resolve()));
+  const nbdDrained = nbd.drain(drain.graceMs, drain.cut);
+  if (drain.graceMs > 0) {
+    log.info({ httpResponses: responses.inFlight.size, nbdConnections: nbd.connectionCount, graceMs: drain.graceMs },
+      'no longer accepting connections: waiting for those in progress');
+  }
   let timer: NodeJS.Timeout | undefined;
   const graceOver = new Promise<void>((resolve) => {
     timer = setTimeout(resolve, drain.graceMs);
     if (drain.cut?.aborted === true) resolve();
     drain.cut?.addEventListener('abort', () => resolve(), { once: true });
   });
-  const [, nbdConnections] = await Promise.all([
-    Promise.race([responses.drained(), graceOver]),
-    nbd.drain(drain.graceMs, drain.cut),
-  ]);
+  await Promise.race([responses.drained(), graceOver]);
+  const nbdConnections = await nbdDrained;
   clearTimeout(timer);
   const httpResponses = responses.inFlight.size;
   // Idle keep-alive connections, and whatever did not finish in time.
@@ -195,7 +198,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
       maxConnections: config.nbd.maxConnections,
     });
     stack.push(async () => {
-      report = await drainServers(api, responses, nbd, drainOptions);
+      report = await drainServers(api, responses, nbd, drainOptions, log);
     });
     try {
       await listenApiServer(api, config.api.port, config.api.bind);
