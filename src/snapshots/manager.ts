@@ -161,6 +161,8 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       await this.dropSnapshot(state.snapshot(snapshotId)!);
       throw err instanceof AgentError ? err : new AgentError('internal', `cannot create the snapshot: ${(err as Error).message}`, { cause: err });
     }
+    this.options.log.info({ snapshot: snapshotId, disks: diskIds }, 'snapshot created');
+    for (const row of state.exportsOf(snapshotId)) this.options.log.info({ snapshot: snapshotId, export: row.name, httpPath: row.httpPath }, 'export published');
     return this.getSnapshot(snapshotId);
   }
 
@@ -225,7 +227,9 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       faultPoint('delete:marked');
       // Consumers stop before the kernel snapshot goes, so none reads a vanishing image.
       this.emit('deleted', id, exportNames);
+      for (const name of exportNames) this.options.log.info({ snapshot: id, export: name }, 'export withdrawn');
       await this.dropSnapshot(row);
+      this.options.log.info({ snapshot: id }, 'snapshot deleted');
     });
   }
 

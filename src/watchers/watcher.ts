@@ -55,7 +55,7 @@ export class SnapstoreWatcher {
   }
 
   private onEvent(event: SnapstoreEvent): void {
-    const log = this.options.log.child({ snapstore: this.row.id, disk: this.row.diskId });
+    const log = this.options.log.child({ snapshot: this.row.snapshotId, snapstore: this.row.id, disk: this.row.diskId });
     switch (event.type) {
       case 'halffill':
         log.info({ filledBytes: event.filledBytes }, 'snapstore below its free-space threshold: growing it');
@@ -112,6 +112,7 @@ export class SnapstoreWatcher {
         throw Object.assign(new Error(`${this.row.location} has ${availableBytes} bytes free, ${roundToMiB(chunkBytes)} needed`), { code: 'ENOSPC' });
       }
       await this.addSpace(chunkBytes);
+      log.info({ snapshot: this.row.snapshotId, snapstore: this.row.id, disk: this.row.diskId, addedBytes: roundToMiB(chunkBytes) }, 'snapstore grown');
       if (this.row.atRisk !== null) {
         this.row.atRisk = null;
         state.setSnapstoreAtRisk(this.row.id, null);
@@ -119,7 +120,7 @@ export class SnapstoreWatcher {
       }
     } catch (err) {
       const reason = `cannot grow the snapstore of ${this.row.diskId}: ${(err as Error).message}`;
-      log.error({ err, snapstore: this.row.id }, 'snapstore growth failed: the snapshot is at risk of overflowing');
+      log.error({ err, snapshot: this.row.snapshotId, snapstore: this.row.id }, 'snapstore growth failed: the snapshot is at risk of overflowing');
       this.row.atRisk = reason;
       state.setSnapstoreAtRisk(this.row.id, reason);
       this.scheduleRetry();

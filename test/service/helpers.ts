@@ -36,6 +36,7 @@ export interface ScratchOptions {
   /** TOML lines added to [nbd]. */
   nbd?: string;
   diskSize?: number;
+  snapStoreFileSize?: number;
   groupId?: number;
 }
 
@@ -57,7 +58,7 @@ export async function scratch(options: ScratchOptions = {}): Promise<Scratch> {
 database_file = ${q(path.join(dir, 'state', 'agent.db'))}
 snapstore_destinations = [${q(path.join(dir, 'snapstores'))}]
 auto_init_physical_disks = true
-snap_store_file_size = ${8 * MiB}
+snap_store_file_size = ${options.snapStoreFileSize ?? 8 * MiB}
 ${options.top ?? ''}
 ${disks.map((d) => `[[snapstore_mapping]]\ndevice = ${q(path.basename(d, '.img'))}\nlocation = ${q(path.join(dir, 'snapstores'))}\n`).join('')}
 [api]
