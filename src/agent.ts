@@ -233,6 +233,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
  */
 export async function runAgent(config: Config, log: Logger, onReady?: (agent: RunningAgent) => void): Promise<number> {
   const reopen = (): void => {
+    if (config.logFile === null) return;
     reopenLogFile(log);
     log.info({ logFile: config.logFile }, 'SIGHUP: log file reopened');
   };
