@@ -124,6 +124,21 @@ describe('start failures', () => {
     });
   }
 
+  test('without the module, check-config names the control device and the disks that do not exist', { skip: fs.existsSync('/dev/veeamsnap') && 'the module is loaded here', timeout: 60_000 }, async (t) => {
+    const s = await scratch();
+    t.after(() => s.remove());
+    const veeamsnap = fs.readFileSync(s.configFile, 'utf8').replace('engine = "simulated"', '').replace(/\[simulated\][\s\S]*$/, '')
+      .replaceAll('device = "disk0"', 'device = "nosuchdisk0"').replaceAll('device = "disk1"', 'device = "nosuchdisk1"');
+    fs.writeFileSync(s.configFile, veeamsnap);
+    const result = cli(['check-config', '--config', s.configFile]);
+    assert.equal(result.status, 2);
+    assert.deepEqual(message(result.stderr), [
+      `coriolis-snapshot-agent: config ${s.configFile}: engine: /dev/veeamsnap does not exist: is the veeamsnap module loaded (modprobe veeamsnap)?`,
+      `coriolis-snapshot-agent: config ${s.configFile}: snapstore_mapping[0].device: no disk nosuchdisk0 on this machine (/dev/nosuchdisk0 does not exist)`,
+      `coriolis-snapshot-agent: config ${s.configFile}: snapstore_mapping[1].device: no disk nosuchdisk1 on this machine (/dev/nosuchdisk1 does not exist)`,
+    ]);
+  });
+
   test('a Node older than 20 is refused with the reason', () => {
     assert.equal(unsupportedNode('18.19.0'), 'Node.js 20 or newer is required, this is 18.19.0 (see the README, "Production install")');
     assert.equal(unsupportedNode('v16.20.2')?.startsWith('Node.js 20 or newer is required'), true);
