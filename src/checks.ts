@@ -49,6 +49,11 @@ function checkFileToWrite(report: CheckReport, key: string, file: string, config
     report.problems.push(new ConfigError(config.file, key, problem));
   };
   const dir = path.dirname(file);
+  const service = SERVICE_DIRECTORIES.find((d) => dir === d || dir.startsWith(`${d}/`));
+  if (service === undefined) {
+    // The unit's read-only system (ProtectSystem=strict) would refuse it: an error only there.
+    report.notes.push(`${key}: ${dir} is outside ${SERVICE_DIRECTORIES.join(' and ')}: under the systemd unit, add it to ReadWritePaths=`);
+  }
   if (exists(dir)) {
     const problem = accessProblem(dir, fs.constants.W_OK | fs.constants.X_OK);
     if (problem !== null) return fail(problem);
@@ -58,7 +63,6 @@ function checkFileToWrite(report: CheckReport, key: string, file: string, config
     }
     return;
   }
-  const service = SERVICE_DIRECTORIES.find((d) => dir === d || dir.startsWith(`${d}/`));
   if (service !== undefined) {
     report.notes.push(`${key}: ${service} does not exist yet: the systemd unit creates it for the service`);
     return;

@@ -82,6 +82,8 @@ describe('check-config --as-user and gen-certs --group', { skip: !isRoot && 'nee
       `coriolis-snapshot-agent: config ${s.configFile}: snapstore_destinations[0]: ${s.dir}/snapstores is not writable by nobody (uid 65534): EACCES: permission denied, access '${s.dir}/snapstores'`,
     ]);
     assert.match(asUser.stdout, /^note: log_file: \/var\/log\/coriolis-snapshot-agent does not exist yet: the systemd unit creates it for the service$/m);
+    // Writable here, but not under the unit's read-only system unless the operator adds it.
+    assert.ok(asUser.stdout.includes(`note: database_file: ${s.dir}/state is outside /run/coriolis-snapshot-agent and /var/log/coriolis-snapshot-agent: under the systemd unit, add it to ReadWritePaths=\n`));
   });
 
   test('serve as the user stops on the first problem: one line, exit status 2', { skip: spawnSync('sh', ['-c', 'command -v setpriv']).status !== 0, timeout: 60_000 }, async (t) => {
