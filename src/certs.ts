@@ -10,6 +10,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as x509 from '@peculiar/x509';
+import { lookupGroupId } from './accounts';
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
@@ -120,6 +121,11 @@ export interface GenerateOptions {
   /** Replace existing files instead of refusing. */
   force?: boolean;
   validityDays?: number;
+  /**
+   * Group id that may read the set (the service's group): the folders and files get this
+   * group, and the private keys mode 0640 instead of 0600.
+   */
+  groupId?: number;
 }
 
 function checkHost(host: string): void {
@@ -156,16 +162,34 @@ export async function generateCertificates(options: GenerateOptions): Promise<Re
   const server = await issueCertificate(ca, { commonName: hosts[0]!, usage: 'server', hosts, validity });
   const client = await issueCertificate(ca, { commonName: 'coriolis-snapshot-agent client', usage: 'client', validity });
 
-  fs.mkdirSync(options.outDir, { recursive: true, mode: 0o750 });
+  const created = fs.mkdirSync(options.outDir, { recursive: true, mode: 0o750 });
+  const { groupId } = options;
+  const keyMode = groupId === undefined ? 0o600 : 0o640;
   writeFile(files.caCert, ca.certificatePem, 0o644, force);
   writeFile(files.serverCert, server.certificatePem, 0o644, force);
-  writeFile(files.serverKey, server.keyPem, 0o600, force);
+  writeFile(files.serverKey, server.keyPem, keyMode, force);
   writeFile(files.clientCert, client.certificatePem, 0o644, force);
-  writeFile(files.clientKey, client.keyPem, 0o600, force);
+  writeFile(files.clientKey, client.keyPem, keyMode, force);
+  if (groupId !== undefined) {
+    // mkdir -p returns the first folder it made: the service must traverse it and those below.
+    const folders = [options.outDir];
+    if (created !== undefined) {
+      for (let dir = path.dirname(options.outDir); dir.startsWith(created); dir = path.dirname(dir)) folders.push(dir);
+    }
+    for (const target of [...folders, ...Object.values(files)]) fs.chownSync(target, -1, groupId);
+  }
   return files;
 }
 
-const USAGE = 'usage: coriolis-snapshot-agent gen-certs --out DIR [--hosts h1,h2,...] [--force]';
+export const GEN_CERTS_USAGE = `usage: coriolis-snapshot-agent gen-certs --out DIR [--hosts h1,h2,...] [--group GROUP] [--force]
+  --out DIR        where to write ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem
+                   and client-key.pem (created, mode 0750)
+  --hosts LIST     names and IP addresses clients use to reach the agent, for the server
+                   certificate (default ${DEFAULT_HOSTS.join(',')})
+  --group GROUP    the service's group (e.g. coriolis): it gets read access to the folder and
+                   the keys (0640); without it the keys are 0600, readable by their owner only
+  --force          replace an existing set
+Exit status: 0 written, 1 failed (e.g. the files exist), 2 bad usage.`;
 
 export interface CommandOutput {
   stdout: { write(text: string): unknown };
@@ -174,25 +198,24 @@ export interface CommandOutput {
 
 /** The gen-certs subcommand; returns the exit status (2 for a usage error). */
 export async function genCertsCommand(args: string[], output: CommandOutput = process): Promise<number> {
-  let values: { out?: string; hosts?: string; force?: boolean };
+  let values: { out?: string; hosts?: string; group?: string; force?: boolean };
+  let groupId: number | undefined;
   try {
     ({ values } = parseArgs({
       args,
       strict: true,
       allowPositionals: false,
-      options: { out: { type: 'string' }, hosts: { type: 'string' }, force: { type: 'boolean' } },
+      options: { out: { type: 'string' }, hosts: { type: 'string' }, group: { type: 'string' }, force: { type: 'boolean' } },
     }));
+    if (values.out === undefined || values.out === '') throw new Error('--out is required');
+    if (values.group !== undefined) groupId = lookupGroupId(values.group);
   } catch (err) {
-    output.stderr.write(`gen-certs: ${(err as Error).message}\n${USAGE}\n`);
-    return 2;
-  }
-  if (values.out === undefined || values.out === '') {
-    output.stderr.write(`gen-certs: --out is required\n${USAGE}\n`);
+    output.stderr.write(`gen-certs: ${(err as Error).message}\n${GEN_CERTS_USAGE}\n`);
     return 2;
   }
   const hosts = values.hosts?.split(',').map((host) => host.trim()).filter((host) => host !== '');
   try {
-    const files = await generateCertificates({ outDir: path.resolve(values.out), hosts, force: values.force ?? false });
+    const files = await generateCertificates({ outDir: path.resolve(values.out), hosts, force: values.force ?? false, groupId });
     output.stdout.write(`${Object.values(files).join('\n')}\n`);
     return 0;
   } catch (err) {

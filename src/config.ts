@@ -16,6 +16,11 @@ export const DEFAULT_DATABASE_FILE = '/var/lib/coriolis-snapshot-agent/agent.db'
 export const DEFAULT_SNAP_STORE_FILE_SIZE = 2 * 1024 ** 3;
 export const DEFAULT_NBD_PORT = 10809;
 export const DEFAULT_NBD_MAX_CONNECTIONS = 64;
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
+export type LogLevel = typeof LOG_LEVELS[number];
+/** How long SIGTERM lets downloads and NBD connections finish; the unit's TimeoutStopSec must exceed it. */
+export const DEFAULT_SHUTDOWN_GRACE_SECONDS = 20;
+export const MAX_SHUTDOWN_GRACE_SECONDS = 3600;
 
 export type EngineKind = 'veeamsnap' | 'simulated';
 
@@ -40,6 +45,9 @@ export interface Config {
   file: string;
   engine: EngineKind;
   logFile: string | null;
+  logLevel: LogLevel;
+  /** SIGTERM: downloads and NBD connections in progress get this long before they are cut. */
+  shutdownGraceSeconds: number;
   databaseFile: string;
   snapstoreDestinations: string[];
   autoInitPhysicalDisks: boolean;
@@ -177,7 +185,7 @@ class TableReader {
 }
 
 const TLS_KEYS = ['certificate', 'key', 'ca_certificate'] as const;
-const TOP_KEYS = ['engine', 'log_file', 'db_file', 'database_file', 'snapstore_destinations', 'auto_init_physical_disks',
+const TOP_KEYS = ['engine', 'log_file', 'log_level', 'shutdown_grace_seconds', 'db_file', 'database_file', 'snapstore_destinations', 'auto_init_physical_disks',
   'snap_store_file_size', 'snapstore_mapping', 'api', 'nbd', 'simulated'] as const;
 
 function isTable(value: unknown): value is TomlTable {
@@ -266,6 +274,11 @@ export function parseConfig(text: string, file: string): Config {
     throw top.error('engine', `must be "veeamsnap" or "simulated", got ${JSON.stringify(engine)}`);
   }
   const logFile = top.absolutePath('log_file') ?? null;
+  const logLevel = top.string('log_level') ?? 'info';
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    throw top.error('log_level', `must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
+  }
+  const shutdownGraceSeconds = top.positiveInteger('shutdown_grace_seconds', DEFAULT_SHUTDOWN_GRACE_SECONDS, MAX_SHUTDOWN_GRACE_SECONDS);
 
   // db_file is the original agent's name for the same setting.
   if (top.has('db_file') && top.has('database_file')) {
@@ -352,6 +365,8 @@ export function parseConfig(text: string, file: string): Config {
     file,
     engine,
     logFile,
+    logLevel: logLevel as LogLevel,
+    shutdownGraceSeconds,
     databaseFile,
     snapstoreDestinations,
     autoInitPhysicalDisks,

@@ -3,11 +3,12 @@
 // simulated engine, starts the agent, and prints how to talk to it. Running it again on the
 // same directory reuses what is there, so disks keep whatever the user wrote to them.
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { startAgent } from './agent';
+import { runAgent, type RunningAgent } from './agent';
 import { CERTIFICATE_FILES, generateCertificates } from './certs';
-import { loadConfig } from './config';
+import { loadConfig, type Config } from './config';
 import { createLogger } from './log';
 
 const MiB = 1024 * 1024;
@@ -18,7 +19,9 @@ export const DEMO_USAGE = `usage: coriolis-snapshot-agent demo --dir DIR [--api-
   --api-port N       HTTPS port (default 9999; 0 picks a free one)
   --nbd-port N       NBD port (default 10809; 0 picks a free one)
   --disks N          number of disk files (default 2)
-  --disk-size SIZE   size of each disk, e.g. 256M or 1G (default 256M)`;
+  --disk-size SIZE   size of each disk, e.g. 256M or 1G (default 256M)
+Prints how to use it, then one JSON line with the URLs and paths, on stdout. The log goes to
+DIR/agent.log (JSON lines: read it with \`npx bunyan DIR/agent.log\`). Stop with Ctrl-C.`;
 
 class DemoUsageError extends Error {}
 
@@ -39,6 +42,16 @@ function parsePort(name: string, text: string | undefined, fallback: number): nu
   const port = Number(text);
   if (!/^\d+$/.test(text) || port > 65535) throw new DemoUsageError(`--${name} must be a port number (0-65535), got ${text}`);
   return port;
+}
+
+/** Port 0: one the kernel says is free now, so that the config file holds the real port. */
+async function choosePort(port: number): Promise<number> {
+  if (port !== 0) return port;
+  const server = net.createServer();
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
+  const chosen = (server.address() as net.AddressInfo).port;
+  await new Promise((resolve) => server.close(resolve));
+  return chosen;
 }
 
 /**
@@ -143,15 +156,20 @@ export async function demoCommand(args: string[]): Promise<number> {
     return file;
   });
   const configFile = path.join(dir, 'config.toml');
-  fs.writeFileSync(configFile, demoConfig(dir, disks, options.apiPort, options.nbdPort));
+  fs.writeFileSync(configFile, demoConfig(dir, disks, await choosePort(options.apiPort), await choosePort(options.nbdPort)));
 
   const config = loadConfig(configFile);
-  const log = createLogger({ logFile: config.logFile });
-  const agent = await startAgent(config, log);
+  // The log goes to its file only: the terminal is for the instructions.
+  const log = createLogger({ logFile: config.logFile, level: config.logLevel, echoToTerminal: false });
+  return runAgent(config, log, (agent) => process.stdout.write(instructions(agent, config, certs, disks, configFile)));
+}
+
+function instructions(agent: RunningAgent, config: Config, certs: string, disks: string[], configFile: string): string {
   const curl = `curl --cert ${certs}/client-cert.pem --key ${certs}/client-key.pem --cacert ${certs}/ca-cert.pem`;
   const firstDisk = path.basename(disks[0]!, '.img');
-  process.stderr.write(`
-The demo agent is running (simulated engine; disks in ${dir}/disks; log in ${config.logFile}).
+  return `
+The demo agent is running (simulated engine; disks in ${path.dirname(disks[0]!)}).
+Its log: ${config.logFile} (npx bunyan ${config.logFile}).
 Try:
   ${curl} ${agent.apiUrl}/disks/
   ${curl} -X POST -H 'Content-Type: application/json' -d '{"tracked_disk_ids": ["${firstDisk}"]}' ${agent.apiUrl}/snapshots/
@@ -161,14 +179,8 @@ Try:
   nbdinfo --list '${agent.nbdUrl}/?tls-certificates=${certs}'
   ${curl} -X DELETE ${agent.apiUrl}/snapshots/SNAPSHOT_ID
 Stop with Ctrl-C.
-`);
-  process.stdout.write(`${JSON.stringify({ api: agent.apiUrl, nbd: agent.nbdUrl, certs, config: configFile, disks })}\n`);
 
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
-  log.info({ signal }, 'demo stopping');
-  await agent.stop();
-  return 0;
+${JSON.stringify({ api: agent.apiUrl, nbd: agent.nbdUrl, certs, config: configFile, disks })}
+`;
 }
+

@@ -26,6 +26,28 @@ describe('command line', () => {
     assert.equal(cli('serve', '--help').status, 0);
   });
 
+  test('each command\'s --help prints its own options', () => {
+    const help = (command: string): string => {
+      const result = cli(command, '--help');
+      assert.equal(result.status, 0, command);
+      return result.stdout;
+    };
+    const options: Record<string, string[]> = {
+      serve: ['--config', 'shutdown_grace_seconds', 'SIGHUP'],
+      demo: ['--dir', '--api-port', '--nbd-port', '--disks', '--disk-size', 'npx bunyan'],
+      'gen-certs': ['--out', '--hosts', '--group', '--force'],
+      'check-config': ['--config', '--as-user'],
+    };
+    for (const [command, words] of Object.entries(options)) {
+      const text = help(command);
+      assert.match(text, new RegExp(`^usage: coriolis-snapshot-agent ${command}`), command);
+      for (const word of words) assert.ok(text.includes(word), `${command} --help mentions ${word}`);
+      for (const other of Object.keys(options).filter((name) => name !== command)) {
+        assert.ok(!text.includes(`coriolis-snapshot-agent ${other}`), `${command} --help is about ${command} only`);
+      }
+    }
+  });
+
   test('no command prints the usage and exits 2', () => {
     const { status, stdout } = cli();
     assert.equal(status, 2);

@@ -272,3 +272,20 @@ describe('api.tls.allowed_clients', () => {
     rejects(withClients('[""]'), 'api.tls.allowed_clients[0]', /neither a certificate subject/);
   });
 });
+
+describe('log_level and shutdown_grace_seconds', () => {
+  test('default to info and 20 seconds, and take what is given', () => {
+    const defaults = parseConfig(validToml(), FILE);
+    assert.deepEqual([defaults.logLevel, defaults.shutdownGraceSeconds], ['info', 20]);
+    const given = parseConfig(validToml('log_level = "debug"\nshutdown_grace_seconds = 90'), FILE);
+    assert.deepEqual([given.logLevel, given.shutdownGraceSeconds], ['debug', 90]);
+  });
+
+  test('bad values are refused, naming the key', () => {
+    rejects(validToml('log_level = "verbose"'), 'log_level', /must be one of trace, debug, info, warn, error, fatal, got "verbose"/);
+    rejects(validToml('log_level = 3'), 'log_level', /must be a string/);
+    rejects(validToml('shutdown_grace_seconds = 0'), 'shutdown_grace_seconds', /positive integer no larger than 3600/);
+    rejects(validToml('shutdown_grace_seconds = 3601'), 'shutdown_grace_seconds', /no larger than 3600/);
+    rejects(validToml('shutdown_grace_seconds = 1.5'), 'shutdown_grace_seconds', /positive integer/);
+  });
+});

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
-import { createLogger } from '../src/log';
+import { createLogger, reopenLogFile } from '../src/log';
 
 function fakeStderr(isTTY: boolean): PassThrough & { isTTY: boolean; text(): string } {
   const stream = new PassThrough() as PassThrough & { isTTY: boolean; text(): string };
@@ -59,5 +59,33 @@ test('without a log file, records go to stderr whatever it is', () => {
 test('records below the level are dropped', () => {
   const stderr = fakeStderr(false);
   createLogger({ logFile: null, stderr, level: 'warn' }).info('noise');
+  assert.equal(stderr.text(), '');
+});
+
+test('reopenLogFile moves every logger, children made before included, to a new file at the same path', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'csa-log-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'agent.log');
+  const log = createLogger({ logFile: file, stderr: fakeStderr(false) });
+  const child = log.child({ component: 'watcher' });
+  log.info('before');
+  await waitForFile(file);
+  fs.renameSync(file, `${file}.1`);
+  reopenLogFile(log);
+  child.info('from the child');
+  log.info('from the parent');
+  const lines = async (): Promise<string[]> => (await waitForFile(file)).trim().split('\n').map((line) => JSON.parse(line).msg as string);
+  while ((await lines()).length < 2) await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.deepEqual(await lines(), ['from the child', 'from the parent']);
+  assert.deepEqual(fs.readFileSync(`${file}.1`, 'utf8').trim().split('\n').map((line) => JSON.parse(line).msg), ['before']);
+});
+
+test('the demo keeps its records in the file even on a terminal', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'csa-log-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const stderr = fakeStderr(true);
+  const file = path.join(dir, 'agent.log');
+  createLogger({ logFile: file, stderr, echoToTerminal: false }).info('quiet');
+  assert.equal(JSON.parse(await waitForFile(file)).msg, 'quiet');
   assert.equal(stderr.text(), '');
 });

@@ -38,6 +38,11 @@ export interface NbdServer {
   listen(): Promise<{ port: number }>;
   /** Stops listening and closes every connection (pending requests get ESHUTDOWN first). */
   close(): Promise<void>;
+  /**
+   * Stops listening at once, lets the open connections finish for up to `graceMs` (less if
+   * `cut` aborts), then closes the rest as close() does; resolves with how many it closed.
+   */
+  drain(graceMs: number, cut?: AbortSignal): Promise<number>;
   /** Connections accepted and not yet closed. */
   readonly connectionCount: number;
 }
@@ -138,6 +143,26 @@ class Server implements NbdServer {
   close(): Promise<void> {
     this.closing ??= this.shutDown();
     return this.closing;
+  }
+
+  async drain(graceMs: number, cut?: AbortSignal): Promise<number> {
+    // Resolves once the last connection ends; close() waits for it later.
+    void closeListener(this.tcp);
+    void closeListener(this.unix);
+    let timer: NodeJS.Timeout | undefined;
+    const graceOver = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, graceMs);
+      if (cut?.aborted === true) resolve();
+      cut?.addEventListener('abort', () => resolve(), { once: true });
+    });
+    const finished = (async (): Promise<void> => {
+      while (this.finished.size > 0) await Promise.all(this.finished);
+    })();
+    await Promise.race([finished, graceOver]);
+    clearTimeout(timer);
+    const remaining = this.connections.size;
+    await this.close();
+    return remaining;
   }
 
   private async shutDown(): Promise<void> {

@@ -206,6 +206,8 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       // The raw message may name snapstore files: it stays in the log, the client gets the errno.
       throw new AgentError('internal', `cannot create the snapshot: ${errorCode(err) ?? 'internal error'}, see the agent log`, { cause: err });
     }
+    this.options.log.info({ snapshot: snapshotId, disks: diskIds }, 'snapshot created');
+    for (const row of state.exportsOf(snapshotId)) this.options.log.info({ snapshot: snapshotId, export: row.name, httpPath: row.httpPath }, 'export published');
     return this.getSnapshot(snapshotId);
   }
 
@@ -287,7 +289,9 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       faultPoint('delete:marked');
       // Consumers stop before the kernel snapshot goes, so none reads a vanishing image.
       this.emit('deleted', id, exportNames);
+      for (const name of exportNames) this.options.log.info({ snapshot: id, export: name }, 'export withdrawn');
       await this.dropSnapshot(row);
+      this.options.log.info({ snapshot: id }, 'snapshot deleted');
     });
   }
 

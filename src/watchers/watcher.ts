@@ -90,7 +90,7 @@ export class SnapstoreWatcher {
   }
 
   private onEvent(event: SnapstoreEvent): void {
-    const log = this.options.log.child({ snapstore: this.row.id, disk: this.row.diskId });
+    const log = this.options.log.child({ snapshot: this.row.snapshotId, snapstore: this.row.id, disk: this.row.diskId });
     this.options.state.setSnapstoreFill(this.row.id, event.filledBytes, new Date().toISOString());
     switch (event.type) {
       case 'halffill':
@@ -201,6 +201,7 @@ export class SnapstoreWatcher {
       if (fsStats(this.row.location).availableBytes < needed) throw this.locationFull(needed);
       await this.addSpace(chunkBytes);
       countSnapstoreGrowth(this.row.diskId, 'ok');
+      log.info({ snapshot: this.row.snapshotId, snapstore: this.row.id, disk: this.row.diskId, addedBytes: roundToMiB(chunkBytes) }, 'snapstore grown');
       if (this.row.atRisk !== null) {
         this.row.atRisk = null;
         state.setSnapstoreAtRisk(this.row.id, null);
@@ -212,7 +213,7 @@ export class SnapstoreWatcher {
       // The reason reaches API clients: the location's name and an errno, never a file path.
       const reason = isAgentError(err) ? err.message
         : `cannot grow the snapstore of ${this.row.diskId} in snapstore location ${this.row.location}: ${errorCode(err) ?? 'internal error'}`;
-      log.error({ err, snapstore: this.row.id }, 'snapstore growth failed: the snapshot is at risk of overflowing');
+      log.error({ err, snapshot: this.row.snapshotId, snapstore: this.row.id }, 'snapstore growth failed: the snapshot is at risk of overflowing');
       this.row.atRisk = reason;
       state.setSnapstoreAtRisk(this.row.id, reason);
       this.scheduleRetry();
