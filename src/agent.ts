@@ -14,11 +14,13 @@ import { VeeamsnapEngine } from './engine/veeamsnap';
 import { SqliteExportRegistry } from './exports/registry';
 import type { Logger } from './log';
 import { queryBlockDevice } from './native/blockdev';
+import { configureReaderPool } from './native/reader';
 import { createNbdServer } from './nbd/server';
 import type { AgentService } from './service';
 import { currentBootId, Inventory } from './snapshots/inventory';
 import { SnapshotManager } from './snapshots/manager';
 import { DiskCatalog, SimulatedDiskCatalog, type DiskSource } from './storage/disks';
+import { ReadLimits } from './throttle';
 
 export interface RunningAgent {
   service: AgentService;
@@ -102,10 +104,13 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
       createMapping: (diskId, location) => inventory.createMapping(diskId, location),
     };
 
+    // One budget for both doors, and the reader threads' I/O priority: see "Protecting the workload".
+    const limits = new ReadLimits(config.limits);
+    configureReaderPool({ ioPriority: config.limits.ioPriority });
     const api = createApiServer({
       tls: config.api.tls,
       allowedClients: config.api.allowedClients,
-      handler: createApp({ service, log }).callback(),
+      handler: createApp({ service, log, consume: { limits } }).callback(),
       log,
     });
     await listenApiServer(api, config.api.port, config.api.bind);
@@ -120,13 +125,14 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
       port: config.nbd.port,
       unixSocket: config.nbd.unixSocket ?? undefined,
       maxConnections: config.nbd.maxConnections,
+      limits,
     });
     const { port: nbdPort } = await nbd.listen();
     stack.push(() => nbd.close());
 
     const apiUrl = `https://${urlHost(config.api.bind)}:${apiPort}/api/v1`;
     const nbdUrl = `${config.nbd.tls === 'off' ? 'nbd' : 'nbds'}://${urlHost(config.nbd.bind)}:${nbdPort}`;
-    log.info({ api: apiUrl, nbd: nbdUrl, engine: engine.kind }, 'agent ready');
+    log.info({ api: apiUrl, nbd: nbdUrl, engine: engine.kind, limits: config.limits }, 'agent ready');
     return { service, apiUrl, nbdUrl, stop };
   } catch (err) {
     await stop();

@@ -21,6 +21,7 @@ import type { ByteRange, ImageReader } from '../engine/types';
 import { AgentError } from '../errors';
 import type { AgentService } from '../service';
 import { recycleReadBuffer } from '../native/reader';
+import { ReadCancelledError, throttle, type ReadLimits } from '../throttle';
 import { HttpError } from './errors';
 
 export interface ConsumeOptions {
@@ -35,6 +36,8 @@ export interface ConsumeOptions {
   readAhead: number;
   /** More ranges than this in one request are refused with 416. */
   maxRanges: number;
+  /** The agent's read-rate limits, if any. */
+  limits?: ReadLimits;
 }
 
 // 1 MiB reads: with 2 MiB, each write's plaintext and ciphertext no longer stay in the CPU caches
@@ -164,6 +167,7 @@ function drained(res: ServerResponse): Promise<void> {
 
 function readImage(reader: ImageReader, range: ByteRange): Promise<Buffer> {
   return reader.read(range.offset, range.length).catch((err: unknown) => {
+    if (err instanceof ReadCancelledError) throw new ClientGoneError();
     const code = (err as { code?: unknown }).code;
     throw new AgentError('internal', `reading the snapshot image at offset ${range.offset} failed: ${typeof code === 'string' ? code : (err as Error).message}`, { cause: err });
   });
@@ -205,7 +209,7 @@ export async function sendPieces(res: ServerResponse, reader: ImageReader, piece
 
 export function consumeImage(service: AgentService, options: ConsumeOptions): RouterMiddleware {
   return async (ctx) => {
-    const reader = await service.openImage(ctx.params.snapshotId, ctx.params.diskId);
+    const reader = throttle(await service.openImage(ctx.params.snapshotId, ctx.params.diskId), ctx.req.socket, options.limits);
     try {
       const selection = selectRanges(reader.size, ctx.get('Range'), ctx.get('If-Range'), options.maxRanges);
       const layout = layoutResponse(selection, reader.size);

@@ -18,6 +18,7 @@ import tls from 'node:tls';
 import type { ImageReader } from '../engine/types';
 import type { Logger } from '../log';
 import { recycleReadBuffer } from '../native/reader';
+import { throttle, type ReadLimits } from '../throttle';
 import { contextExtents } from './contexts';
 import { closeGently, type Session } from './handshake';
 import {
@@ -42,6 +43,8 @@ export interface TransmissionSettings {
   log: Logger;
   /** Close a connection with no request in flight and no traffic for this long; 0 = never. */
   idleTimeoutMs: number;
+  /** The agent's read-rate limits, if any. */
+  limits?: ReadLimits | undefined;
 }
 
 interface RequestError {
@@ -139,7 +142,7 @@ export class Transmission {
     // Node's TLS copies the buffers of a writev into one block before encrypting them. Without
     // _writev the stream hands its queued replies over one at a time, each encrypted in place.
     if (this.encrypted) this.socket._writev = undefined;
-    this.reader = session.reader;
+    this.reader = throttle(session.reader, this.socket, settings.limits);
     this.failure = session.export.failure;
     this.done = new Promise((resolve) => {
       this.socket.once('close', () => {
