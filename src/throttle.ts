@@ -10,7 +10,9 @@
 // through, and the next read waits 32 s. Waiting reads are granted in start-time fair queueing
 // order, by the bytes each connection was granted before, so a connection with many reads queued
 // (an NBD client keeps dozens in flight) cannot crowd out one with a few (an HTTP download).
-// A connection that closes withdraws its waiting reads: they take nothing from any budget.
+// A client that goes away withdraws its waiting reads: they take nothing from any budget. Ending
+// its side of the connection counts: Node's HTTP server then drops the request anyway, and an NBD
+// client that means to wait for its replies says NBD_CMD_DISC instead.
 import type { ImageReader } from './engine/types';
 
 /** Milliseconds on a monotonic clock, and timers on it; tests drive a fake one. */
@@ -31,11 +33,11 @@ export const SYSTEM_CLOCK: Clock = {
 const BURST_SECONDS = 0.1;
 const MIN_BURST = 1024 * 1024;
 
-/** A read that waited for its bytes when its connection closed. */
+/** A read that was waiting for its bytes when its client went away. */
 export class ReadCancelledError extends Error {
   readonly code = 'ERR_READ_CANCELLED';
   constructor() {
-    super('the connection closed while its read waited for the read-rate limit');
+    super('the client went away while its read waited for the read-rate limit');
     this.name = 'ReadCancelledError';
   }
 }
@@ -130,7 +132,8 @@ export interface ReadLimitSettings {
 /** What throttle() needs of a connection (a net.Socket): it is told when the peer has gone. */
 export interface Connection {
   readonly destroyed: boolean;
-  once(event: 'close', listener: () => void): unknown;
+  readonly readableEnded: boolean;
+  once(event: 'close' | 'end', listener: () => void): unknown;
 }
 
 /** One connection's share: its own bucket, if any, then the agent's. */
@@ -147,6 +150,7 @@ class ConnectionBudget {
   }
 
   close(): void {
+    if (this.gone !== null) return;
     this.gone = new ReadCancelledError();
     this.own?.cancel(this, this.gone);
     this.shared?.cancel(this, this.gone);
@@ -203,8 +207,12 @@ export class ReadLimits {
       budget = new ConnectionBudget(perConnection === null ? null : new TokenBucket(perConnection, this.clock), this.shared);
       this.budgets.set(connection, budget);
       const closing = budget;
-      if (connection.destroyed) closing.close();
-      else connection.once('close', () => closing.close());
+      if (connection.destroyed || connection.readableEnded) {
+        closing.close();
+      } else {
+        connection.once('end', () => closing.close());
+        connection.once('close', () => closing.close());
+      }
     }
     return budget;
   }

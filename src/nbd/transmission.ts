@@ -18,7 +18,7 @@ import tls from 'node:tls';
 import type { ImageReader } from '../engine/types';
 import type { Logger } from '../log';
 import { recycleReadBuffer } from '../native/reader';
-import { throttle, type ReadLimits } from '../throttle';
+import { ReadCancelledError, throttle, type ReadLimits } from '../throttle';
 import { contextExtents } from './contexts';
 import { closeGently, type Session } from './handshake';
 import {
@@ -336,7 +336,7 @@ export class Transmission {
       } else {
         const { request } = entry;
         const message = (err as Error)?.message ?? String(err);
-        if (this.failure === null) this.settings.log.warn({ offset: request.offset, length: request.length, err: message }, 'NBD read failed');
+        if (this.failure === null && !(err instanceof ReadCancelledError)) this.settings.log.warn({ offset: request.offset, length: request.length, err: message }, 'NBD read failed');
         this.replyError(request, readError(err), message);
       }
     }

@@ -135,6 +135,7 @@ describe('TokenBucket', () => {
 /** A socket as throttle() sees it. */
 class FakeConnection extends EventEmitter {
   destroyed = false;
+  readableEnded = false;
   close(): void {
     this.destroyed = true;
     this.emit('close');
