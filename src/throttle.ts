@@ -5,9 +5,11 @@
 // it takes a buffer or touches the disk.
 //
 // Each budget is a token bucket: bytes accrue at the rate, up to a burst of a tenth of a second's
-// worth (at least 1 MiB). A read of n bytes is granted once the bucket holds min(n, burst) and
-// takes all n, leaving a debt when n is the larger: a 32 MiB NBD read under a 1 MiB/s limit goes
-// through, and the next read waits 32 s. Waiting reads are granted in start-time fair queueing
+// worth (at least 1 MiB). A read is granted whenever the bucket is not in debt, and takes all its
+// bytes: a 32 MiB NBD read under a 1 MiB/s limit goes through, and the next read waits about 31 s.
+// Waiting for "not in debt" rather than "holds the whole read" also means that a timer firing late
+// (a busy event loop) costs nothing: the bucket has room to accrue the delay. Waiting reads are
+// granted in start-time fair queueing
 // order, by the bytes each connection was granted before, so a connection with many reads queued
 // (an NBD client keeps dozens in flight) cannot crowd out one with a few (an HTTP download).
 // A client that goes away withdraws its waiting reads: they take nothing from any budget. Ending
@@ -95,12 +97,7 @@ export class TokenBucket {
     this.serve();
   }
 
-  /** Reads waiting for their bytes. */
-  get waiting(): number {
-    return this.queue.length;
-  }
-
-  /** Grants what the bucket holds, in order, and sets a timer for the first read it cannot grant yet. */
+  /** Grants reads in order while the bucket is not in debt, then sets a timer for when it no longer is. */
   private serve(): void {
     this.cancelTimer?.();
     this.cancelTimer = null;
@@ -108,9 +105,8 @@ export class TokenBucket {
     this.tokens = Math.min(this.burst, this.tokens + ((now - this.refilledAt) * this.bytesPerSecond) / 1000);
     this.refilledAt = now;
     for (let head = this.queue[0]; head !== undefined; head = this.queue[0]) {
-      const needed = Math.min(head.bytes, this.burst);
-      if (this.tokens < needed) {
-        const ms = Math.max(1, Math.ceil(((needed - this.tokens) * 1000) / this.bytesPerSecond));
+      if (this.tokens < 0) {
+        const ms = Math.max(1, Math.ceil((-this.tokens * 1000) / this.bytesPerSecond));
         this.cancelTimer = this.clock.schedule(() => this.serve(), ms);
         return;
       }

@@ -35,10 +35,11 @@ export class FakeClock implements Clock {
     this.time = end;
   }
 
-  /** Jumps to the next timer and runs it; false when there is none. */
-  runNext(): boolean {
+  /** Jumps to the next timer and runs it, `lateMs` after it was due (a busy event loop); false when there is none. */
+  runNext(lateMs = 0): boolean {
     const next = this.earliest();
     if (next === undefined) return false;
+    this.time = Math.max(this.time, next.at + lateMs);
     this.fire(next);
     return true;
   }
