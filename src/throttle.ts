@@ -7,8 +7,8 @@
 // Each budget is a token bucket: bytes accrue at the rate, up to a burst of a tenth of a second's
 // worth (at least 1 MiB). A read is granted whenever the bucket is not in debt, and takes all its
 // bytes: a 32 MiB NBD read under a 1 MiB/s limit goes through, and the next read waits about 31 s.
-// Waiting for "not in debt" rather than "holds the whole read" also means that a timer firing late
-// (a busy event loop) costs nothing: the bucket has room to accrue the delay. Waiting reads are
+// The burst caps only what accrues while no read waits: while reads wait, time is credited in
+// full, so a timer that fires late (a busy event loop) costs no throughput. Waiting reads are
 // granted in start-time fair queueing
 // order, by the bytes each connection was granted before, so a connection with many reads queued
 // (an NBD client keeps dozens in flight) cannot crowd out one with a few (an HTTP download).
@@ -77,6 +77,8 @@ export class TokenBucket {
 
   /** Resolves once `party` may read `bytes`; grants are taken in fair order, not always in call order. */
   take(bytes: number, party: object): Promise<void> {
+    // What accrued while nobody waited is capped before this read starts to wait.
+    this.refill();
     const start = Math.max(this.virtualTime, this.finishTags.get(party) ?? 0);
     this.finishTags.set(party, start + bytes);
     return new Promise((resolve, reject) => {
@@ -101,9 +103,7 @@ export class TokenBucket {
   private serve(): void {
     this.cancelTimer?.();
     this.cancelTimer = null;
-    const now = this.clock.now();
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.refilledAt) * this.bytesPerSecond) / 1000);
-    this.refilledAt = now;
+    this.refill();
     for (let head = this.queue[0]; head !== undefined; head = this.queue[0]) {
       if (this.tokens < 0) {
         const ms = Math.max(1, Math.ceil((-this.tokens * 1000) / this.bytesPerSecond));
@@ -115,6 +115,14 @@ export class TokenBucket {
       this.virtualTime = head.start;
       head.resolve();
     }
+  }
+
+  /** Credits the time since the last refill; while nobody waits, the bucket grows no fuller than the burst. */
+  private refill(): void {
+    const now = this.clock.now();
+    const earned = ((now - this.refilledAt) * this.bytesPerSecond) / 1000;
+    this.tokens = this.queue.length > 0 ? this.tokens + earned : Math.max(this.tokens, Math.min(this.burst, this.tokens + earned));
+    this.refilledAt = now;
   }
 }
 

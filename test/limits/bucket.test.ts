@@ -104,8 +104,8 @@ describe('TokenBucket', () => {
     })();
     while (clock.now() < 20_000) {
       await flush();
-      // 40 ms late every time: less than the 125 ms the burst covers at this rate.
-      clock.runNext(40);
+      // 300 ms late every time: longer than the 125 ms the burst covers at this rate.
+      clock.runNext(300);
     }
     const ratio = granted / ((rate * clock.now()) / 1000);
     stop = true;
