@@ -34,8 +34,8 @@ const EXPORT_NAME = '1001/vda';
 
 const { values: args } = parseArgs({
   options: {
-    'limit-mib': { type: 'string', default: '50' },
-    'connection-limit-mib': { type: 'string', default: '8' },
+    'limit-mib': { type: 'string', default: '20' },
+    'connection-limit-mib': { type: 'string', default: '4' },
     seconds: { type: 'string', default: '30' },
     'warmup-seconds': { type: 'string', default: '3' },
     'size-mib': { type: 'string', default: '256' },
