@@ -9,9 +9,9 @@
 // bytes: a 32 MiB NBD read under a 1 MiB/s limit goes through, and the next read waits about 31 s.
 // The burst caps only what accrues while no read waits: while reads wait, time is credited in
 // full, so a timer that fires late (a busy event loop) costs no throughput. Waiting reads are
-// granted in start-time fair queueing
-// order, by the bytes each connection was granted before, so a connection with many reads queued
-// (an NBD client keeps dozens in flight) cannot crowd out one with a few (an HTTP download).
+// granted in start-time fair queueing order, by the bytes each connection was granted before, so
+// a connection with many reads queued (an NBD client keeps dozens in flight) cannot crowd out one
+// with a few (an HTTP download).
 // A client that goes away withdraws its waiting reads: they take nothing from any budget. Ending
 // its side of the connection counts: Node's HTTP server then drops the request anyway, and an NBD
 // client that means to wait for its replies says NBD_CMD_DISC instead.
