@@ -370,7 +370,7 @@ export function parseConfig(text: string, file: string): Config {
 }
 
 /** Slower, one large read (an NBD client may ask for 32 MiB at once) would outlast clients' timeouts. */
-export const MIN_READ_BYTES_PER_SECOND = 1024 * 1024;
+const MIN_READ_BYTES_PER_SECOND = 1024 * 1024;
 
 function readLimits(section: TableReader): Config['limits'] {
   const rate = (key: string): number | null => {

@@ -13,9 +13,9 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <system_error>
-#include <set>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -177,20 +177,20 @@ class IoThreadPool {
     return err;
   }
 
-  // Starts the threads if none run yet and sets the I/O priority of each of them, which threads
-  // started later take too. Returns 0 or the errno value of the first thread that refused it.
+  // Starts the threads if none run yet and sets the I/O priority of each of them; once every one
+  // took it, threads started later take it too. Returns 0 or the errno value of a refusal.
   int SetIoPriority(int ioPriority) {
     std::unique_lock<std::mutex> lock(mutex_);
     if (target_ == 0) {
       const int err = ResizeLocked(kDefaultThreads);
       if (running_ == 0) return err;
     }
-    ioPriority_ = ioPriority;
     // Threads just started register within moments, before their first read.
     registered_.wait(lock, [this] { return threadIds_.size() == running_; });
     for (const pid_t tid : threadIds_) {
       if (SetThreadIoPriority(tid, ioPriority) != 0) return errno;
     }
+    ioPriority_ = ioPriority;
     return 0;
   }
 
