@@ -24,6 +24,8 @@ import { ReadLimits } from './throttle';
 
 export interface RunningAgent {
   service: AgentService;
+  /** The read-rate limits both doors share. */
+  limits: ReadLimits;
   apiUrl: string;
   nbdUrl: string;
   stop(): Promise<void>;
@@ -133,7 +135,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
     const apiUrl = `https://${urlHost(config.api.bind)}:${apiPort}/api/v1`;
     const nbdUrl = `${config.nbd.tls === 'off' ? 'nbd' : 'nbds'}://${urlHost(config.nbd.bind)}:${nbdPort}`;
     log.info({ api: apiUrl, nbd: nbdUrl, engine: engine.kind, limits: config.limits }, 'agent ready');
-    return { service, apiUrl, nbdUrl, stop };
+    return { service, limits, apiUrl, nbdUrl, stop };
   } catch (err) {
     await stop();
     throw err;
