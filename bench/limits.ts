@@ -5,11 +5,14 @@
 //   2. one agent-wide limit (read_bytes_per_second) shared by both doors: each door's rate and
 //      their sum, as a ratio of the limit (target: the sum within 5%);
 //   3. a per-connection limit (connection_read_bytes_per_second) and no agent-wide one: each
-//      connection's rate as a ratio of it.
-// The clients run in this process (Node's https, and a raw NBD client keeping reads in flight as
-// nbdcopy does), so the bytes are counted as they arrive, not per completed transfer.
+//      connection's rate as a ratio of it;
+//   4. the agent-wide limit again, with the real clients: curl downloads and nbdcopy (4
+//      connections) of the whole image at once, rates from their bytes and running times.
+// In 1-3 the clients run in this process (Node's https, and a raw NBD client keeping reads in
+// flight as nbdcopy does), so the bytes are counted as they arrive over a window.
 //
 //   npm run build && node dist/bench/limits.js [--limit-mib N] [--connection-limit-mib N] [--seconds N] [--size-mib N]
+import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
@@ -183,6 +186,43 @@ async function measure(image: string, certs: TestCerts, settings: ReadLimitSetti
   return { seconds, rates: clients.map((client, index) => ({ door: client.door, rate: (after[index]! - before[index]!) / seconds })) };
 }
 
+/** Runs a client program to its end; resolves with how long it ran, in seconds. */
+function timedRun(command: string, args: string[]): Promise<number> {
+  const started = process.hrtime.bigint();
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
+    child.on('error', reject);
+    child.on('close', (code) => {
+      if (code === 0) resolve(Number(process.hrtime.bigint() - started) / 1e9);
+      else reject(new Error(`${command} exited with ${code}: ${stderr}`));
+    });
+  });
+}
+
+/** curl and nbdcopy copying the whole image at once; each door's rate is its bytes over the time its last client ran. */
+async function measureExternal(image: string, certs: TestCerts, settings: ReadLimitSettings): Promise<{ http: number; nbd: number; together: number }> {
+  const servers = await startServers(image, certs, settings);
+  try {
+    const url = `https://127.0.0.1:${servers.apiPort}/api/v1/snapshots/${servers.snapshotId}/consume/vda`;
+    const curl = (): Promise<number> => timedRun('curl', ['-sSf', '-o', '/dev/null', '--cacert', certs.caCert, '--cert', certs.clientCert, '--key', certs.clientKey, url]);
+    const nbdUri = `nbds://127.0.0.1:${servers.nbdPort}/${encodeURIComponent(EXPORT_NAME)}?tls-certificates=${certs.dir}`;
+    const nbdcopy = (): Promise<number> => timedRun('nbdcopy', ['--connections=4', nbdUri, 'null:']);
+    const [httpSeconds, nbdSeconds] = await Promise.all([
+      Promise.all(Array.from({ length: HTTP_DOWNLOADS }, curl)).then((times) => Math.max(...times)),
+      nbdcopy(),
+    ]);
+    return {
+      http: (HTTP_DOWNLOADS * SIZE) / httpSeconds,
+      nbd: SIZE / nbdSeconds,
+      together: ((HTTP_DOWNLOADS + 1) * SIZE) / Math.max(httpSeconds, nbdSeconds),
+    };
+  } finally {
+    await servers.close();
+  }
+}
+
 const mib = (bytesPerSecond: number): string => (bytesPerSecond / MiB).toFixed(2);
 const sum = (values: number[]): number => values.reduce((total, value) => total + value, 0);
 
@@ -219,6 +259,12 @@ async function main(): Promise<void> {
       const ratio = rate / CONNECTION_LIMIT;
       console.log(`  ${door} connection ${index + 1}  ${mib(rate).padStart(7)}  ${ratio.toFixed(3)} of the limit  ${Math.abs(ratio - 1) <= 0.05 ? 'within 5%' : 'NOT within 5%'}`);
     }
+
+    const external = await measureExternal(image, certs, { readBytesPerSecond: LIMIT, connectionReadBytesPerSecond: null });
+    console.log(`\nread_bytes_per_second = ${mib(LIMIT)} MiB/s; ${HTTP_DOWNLOADS} curl downloads and nbdcopy --connections=4 of the whole image:`);
+    console.log(`  curl      ${mib(external.http).padStart(7)}  ${(external.http / LIMIT).toFixed(3)} of the limit`);
+    console.log(`  nbdcopy   ${mib(external.nbd).padStart(7)}  ${(external.nbd / LIMIT).toFixed(3)} of the limit`);
+    console.log(`  together  ${mib(external.together).padStart(7)}  ${(external.together / LIMIT).toFixed(3)} of the limit  ${Math.abs(external.together / LIMIT - 1) <= 0.05 ? 'within 5%' : 'NOT within 5%'}`);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
