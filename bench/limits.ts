@@ -6,8 +6,10 @@
 //      their sum, as a ratio of the limit (target: the sum within 5%);
 //   3. a per-connection limit (connection_read_bytes_per_second) and no agent-wide one: each
 //      connection's rate as a ratio of it;
-//   4. the agent-wide limit again, with the real clients: curl downloads and nbdcopy (4
-//      connections) of the whole image at once, rates from their bytes and running times.
+//   4. the agent-wide limit again, with the real clients: curl downloads and nbdcopy of the whole
+//      image at once, rates from their bytes and running times. The budget is shared fairly by
+//      connection, so each door's part follows the connections reading at once (nbdcopy reads
+//      over one connection per 128 MiB of image it copies, up to --connections).
 // In 1-3 the clients run in this process (Node's https, and a raw NBD client keeping reads in
 // flight as nbdcopy does), so the bytes are counted as they arrive over a window.
 //
@@ -208,7 +210,7 @@ async function measureExternal(image: string, certs: TestCerts, settings: ReadLi
     const url = `https://127.0.0.1:${servers.apiPort}/api/v1/snapshots/${servers.snapshotId}/consume/vda`;
     const curl = (): Promise<number> => timedRun('curl', ['-sSf', '-o', '/dev/null', '--cacert', certs.caCert, '--cert', certs.clientCert, '--key', certs.clientKey, url]);
     const nbdUri = `nbds://127.0.0.1:${servers.nbdPort}/${encodeURIComponent(EXPORT_NAME)}?tls-certificates=${certs.dir}`;
-    const nbdcopy = (): Promise<number> => timedRun('nbdcopy', ['--connections=4', nbdUri, 'null:']);
+    const nbdcopy = (): Promise<number> => timedRun('nbdcopy', ['--connections=4', '--threads=4', nbdUri, 'null:']);
     const [httpSeconds, nbdSeconds] = await Promise.all([
       Promise.all(Array.from({ length: HTTP_DOWNLOADS }, curl)).then((times) => Math.max(...times)),
       nbdcopy(),
@@ -261,7 +263,7 @@ async function main(): Promise<void> {
     }
 
     const external = await measureExternal(image, certs, { readBytesPerSecond: LIMIT, connectionReadBytesPerSecond: null });
-    console.log(`\nread_bytes_per_second = ${mib(LIMIT)} MiB/s; ${HTTP_DOWNLOADS} curl downloads and nbdcopy --connections=4 of the whole image:`);
+    console.log(`\nread_bytes_per_second = ${mib(LIMIT)} MiB/s; ${HTTP_DOWNLOADS} curl downloads and nbdcopy --connections=4 --threads=4 of the whole image:`);
     console.log(`  curl      ${mib(external.http).padStart(7)}  ${(external.http / LIMIT).toFixed(3)} of the limit`);
     console.log(`  nbdcopy   ${mib(external.nbd).padStart(7)}  ${(external.nbd / LIMIT).toFixed(3)} of the limit`);
     console.log(`  together  ${mib(external.together).padStart(7)}  ${(external.together / LIMIT).toFixed(3)} of the limit  ${Math.abs(external.together / LIMIT - 1) <= 0.05 ? 'within 5%' : 'NOT within 5%'}`);
