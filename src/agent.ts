@@ -108,7 +108,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
 
     // One budget for both doors, and the reader threads' I/O priority: see "Protecting the workload".
     const limits = new ReadLimits(config.limits);
-    configureReaderPool({ ioPriority: config.limits.ioPriority });
+    if (config.limits.ioPriority !== null) configureReaderPool({ ioPriority: config.limits.ioPriority });
     const api = createApiServer({
       tls: config.api.tls,
       allowedClients: config.api.allowedClients,

@@ -58,8 +58,11 @@ export interface Config {
     maxConnections: number;
   };
   simulated: { disks: string[]; imageDir: string | null };
-  /** Protecting the machine's own workload: read rates in bytes per second (null: unlimited), reader I/O priority. */
-  limits: { readBytesPerSecond: number | null; connectionReadBytesPerSecond: number | null; ioPriority: IoPriority };
+  /**
+   * Protecting the machine's own workload: read rates in bytes per second (null: unlimited), and
+   * the reader threads' I/O priority (null: the process's own, e.g. systemd's IOSchedulingClass).
+   */
+  limits: { readBytesPerSecond: number | null; connectionReadBytesPerSecond: number | null; ioPriority: IoPriority | null };
 }
 
 export class ConfigError extends Error {
@@ -381,14 +384,14 @@ function readLimits(section: TableReader): Config['limits'] {
     }
     return value;
   };
-  const ioPriority = section.string('io_priority') ?? 'normal';
-  if (!(IO_PRIORITIES as readonly string[]).includes(ioPriority)) {
+  const ioPriority = section.string('io_priority') ?? null;
+  if (ioPriority !== null && !(IO_PRIORITIES as readonly string[]).includes(ioPriority)) {
     throw section.error('io_priority', `must be one of ${IO_PRIORITIES.map((name) => JSON.stringify(name)).join(', ')}, got ${JSON.stringify(ioPriority)}`);
   }
   return {
     readBytesPerSecond: rate('read_bytes_per_second'),
     connectionReadBytesPerSecond: rate('connection_read_bytes_per_second'),
-    ioPriority: ioPriority as IoPriority,
+    ioPriority: ioPriority as IoPriority | null,
   };
 }
 

@@ -276,14 +276,15 @@ describe('api.tls.allowed_clients', () => {
 describe('[limits]', () => {
   const withLimits = (lines: string): string => validToml(`[limits]\n${lines}\n`);
 
-  test('absent means no read-rate limit and the normal I/O priority', () => {
-    assert.deepEqual(parseConfig(validToml(), FILE).limits, { readBytesPerSecond: null, connectionReadBytesPerSecond: null, ioPriority: 'normal' });
+  test('absent means no read-rate limit, and reader threads at the priority the process has', () => {
+    assert.deepEqual(parseConfig(validToml(), FILE).limits, { readBytesPerSecond: null, connectionReadBytesPerSecond: null, ioPriority: null });
   });
 
   test('rates in bytes per second and a priority by name', () => {
     const config = parseConfig(withLimits('read_bytes_per_second = 52_428_800\nconnection_read_bytes_per_second = 10485760\nio_priority = "idle"'), FILE);
     assert.deepEqual(config.limits, { readBytesPerSecond: 52428800, connectionReadBytesPerSecond: 10485760, ioPriority: 'idle' });
     assert.equal(parseConfig(withLimits('io_priority = "best-effort-low"'), FILE).limits.ioPriority, 'best-effort-low');
+    assert.equal(parseConfig(withLimits('io_priority = "normal"'), FILE).limits.ioPriority, 'normal');
   });
 
   test('bad values are refused, naming the key', () => {
