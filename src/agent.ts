@@ -18,6 +18,7 @@ import { SqliteExportRegistry } from './exports/registry';
 import { reopenLogFile, type Logger } from './log';
 import { openConnections, registerMetricSources, trackedCbt } from './metrics';
 import { queryBlockDevice } from './native/blockdev';
+import { configureReaderPool } from './native/reader';
 import { createNbdServer, type NbdServer } from './nbd/server';
 import type { AgentService } from './service';
 import { listenFailure } from './startup';
@@ -26,6 +27,7 @@ import { notifySystemd } from './systemd';
 import { currentBootId, Inventory } from './snapshots/inventory';
 import { SnapshotManager } from './snapshots/manager';
 import { DiskCatalog, SimulatedDiskCatalog, type DiskSource } from './storage/disks';
+import { ReadLimits } from './throttle';
 
 export interface DrainOptions {
   /** How long downloads and NBD connections in progress may take to finish. */
@@ -42,6 +44,8 @@ export interface DrainReport {
 
 export interface RunningAgent {
   service: AgentService;
+  /** The read-rate limits both doors share. */
+  limits: ReadLimits;
   apiUrl: string;
   nbdUrl: string;
   /** Without options, connections are cut at once. */
@@ -182,6 +186,9 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
       createMapping: (diskId, location) => inventory.createMapping(diskId, location),
     };
 
+    // One budget for both doors, and the reader threads' I/O priority: see "Protecting the workload".
+    const limits = new ReadLimits(config.limits);
+    if (config.limits.ioPriority !== null) configureReaderPool({ ioPriority: config.limits.ioPriority });
     const api = createApiServer({
       tls: config.api.tls,
       allowedClients: config.api.allowedClients,
@@ -192,7 +199,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
         },
         database: () => state.setMeta('health_checked_at', new Date().toISOString()),
         growthStepBytes: config.snapStoreFileSize,
-      } }).callback(),
+      }, consume: { limits } }).callback(),
       log,
     });
     const responses = new ResponseTracker(api);
@@ -204,6 +211,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
       port: config.nbd.port,
       unixSocket: config.nbd.unixSocket ?? undefined,
       maxConnections: config.nbd.maxConnections,
+      limits,
     });
     stack.push(async () => {
       report = await drainServers(api, responses, nbd, drainOptions, log);
@@ -229,8 +237,8 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
 
     const apiUrl = `https://${urlHost(config.api.bind)}:${apiPort}/api/v1`;
     const nbdUrl = `${config.nbd.tls === 'off' ? 'nbd' : 'nbds'}://${urlHost(config.nbd.bind)}:${nbdPort}`;
-    log.info({ api: apiUrl, nbd: nbdUrl, engine: engine.kind }, 'agent ready');
-    return { service, apiUrl, nbdUrl, stop };
+    log.info({ api: apiUrl, nbd: nbdUrl, engine: engine.kind, limits: config.limits }, 'agent ready');
+    return { service, limits, apiUrl, nbdUrl, stop };
   } catch (err) {
     await stop();
     throw err;

@@ -10,6 +10,7 @@ import net from 'node:net';
 import path from 'node:path';
 import toml from 'toml';
 import { parseClientMatcher } from './client-identity';
+import { IO_PRIORITIES, type IoPriority } from './native/io-priority';
 
 export const DEFAULT_CONFIG_FILE = '/etc/coriolis-snapshot-agent/config.toml';
 export const DEFAULT_DATABASE_FILE = '/var/lib/coriolis-snapshot-agent/agent.db';
@@ -65,6 +66,11 @@ export interface Config {
     maxConnections: number;
   };
   simulated: { disks: string[]; imageDir: string | null };
+  /**
+   * Protecting the machine's own workload: read rates in bytes per second (null: unlimited), and
+   * the reader threads' I/O priority (null: the process's own, e.g. systemd's IOSchedulingClass).
+   */
+  limits: { readBytesPerSecond: number | null; connectionReadBytesPerSecond: number | null; ioPriority: IoPriority | null };
 }
 
 export class ConfigError extends Error {
@@ -186,7 +192,7 @@ class TableReader {
 
 const TLS_KEYS = ['certificate', 'key', 'ca_certificate'] as const;
 const TOP_KEYS = ['engine', 'log_file', 'log_level', 'shutdown_grace_seconds', 'db_file', 'database_file', 'snapstore_destinations', 'auto_init_physical_disks',
-  'snap_store_file_size', 'snapstore_mapping', 'api', 'nbd', 'simulated'] as const;
+  'snap_store_file_size', 'snapstore_mapping', 'api', 'nbd', 'simulated', 'limits'] as const;
 
 function isTable(value: unknown): value is TomlTable {
   return value !== null && typeof value === 'object' && !Array.isArray(value) && !(value instanceof Date);
@@ -361,6 +367,8 @@ export function parseConfig(text: string, file: string): Config {
     }
   }
 
+  const limits = readLimits(top.section('limits', ['read_bytes_per_second', 'connection_read_bytes_per_second', 'io_priority']));
+
   return {
     file,
     engine,
@@ -375,6 +383,30 @@ export function parseConfig(text: string, file: string): Config {
     api: { bind: apiBind, port: apiPort, tls: apiTls, allowedClients },
     nbd: { bind: nbdBind, port: nbdPort, tls: nbdTls, certificates: nbdCertificates, unixSocket, maxConnections },
     simulated: { disks: simulatedDisks, imageDir },
+    limits,
+  };
+}
+
+/** Slower, one large read (an NBD client may ask for 32 MiB at once) would outlast clients' timeouts. */
+const MIN_READ_BYTES_PER_SECOND = 1024 * 1024;
+
+function readLimits(section: TableReader): Config['limits'] {
+  const rate = (key: string): number | null => {
+    if (!section.has(key)) return null;
+    const value = section.positiveInteger(key, undefined);
+    if (value < MIN_READ_BYTES_PER_SECOND) {
+      throw section.error(key, `must be at least ${MIN_READ_BYTES_PER_SECOND} (1 MiB/s), got ${value}; leave it out for no limit`);
+    }
+    return value;
+  };
+  const ioPriority = section.string('io_priority') ?? null;
+  if (ioPriority !== null && !(IO_PRIORITIES as readonly string[]).includes(ioPriority)) {
+    throw section.error('io_priority', `must be one of ${IO_PRIORITIES.map((name) => JSON.stringify(name)).join(', ')}, got ${JSON.stringify(ioPriority)}`);
+  }
+  return {
+    readBytesPerSecond: rate('read_bytes_per_second'),
+    connectionReadBytesPerSecond: rate('connection_read_bytes_per_second'),
+    ioPriority: ioPriority as IoPriority | null,
   };
 }
 

@@ -289,3 +289,29 @@ describe('log_level and shutdown_grace_seconds', () => {
     rejects(validToml('shutdown_grace_seconds = 1.5'), 'shutdown_grace_seconds', /positive integer/);
   });
 });
+
+describe('[limits]', () => {
+  const withLimits = (lines: string): string => validToml(`[limits]\n${lines}\n`);
+
+  test('absent means no read-rate limit, and reader threads at the priority the process has', () => {
+    assert.deepEqual(parseConfig(validToml(), FILE).limits, { readBytesPerSecond: null, connectionReadBytesPerSecond: null, ioPriority: null });
+  });
+
+  test('rates in bytes per second and a priority by name', () => {
+    const config = parseConfig(withLimits('read_bytes_per_second = 52_428_800\nconnection_read_bytes_per_second = 10485760\nio_priority = "idle"'), FILE);
+    assert.deepEqual(config.limits, { readBytesPerSecond: 52428800, connectionReadBytesPerSecond: 10485760, ioPriority: 'idle' });
+    assert.equal(parseConfig(withLimits('io_priority = "best-effort-low"'), FILE).limits.ioPriority, 'best-effort-low');
+    assert.equal(parseConfig(withLimits('io_priority = "normal"'), FILE).limits.ioPriority, 'normal');
+  });
+
+  test('bad values are refused, naming the key', () => {
+    rejects(withLimits('read_bytes_per_second = 0'), 'limits.read_bytes_per_second', /positive integer/);
+    rejects(withLimits('read_bytes_per_second = 1.5e7'), 'limits.read_bytes_per_second', /positive integer/);
+    rejects(withLimits('read_bytes_per_second = "50M"'), 'limits.read_bytes_per_second', /positive integer/);
+    rejects(withLimits('connection_read_bytes_per_second = 1000'), 'limits.connection_read_bytes_per_second', /at least 1048576 \(1 MiB\/s\), got 1000/);
+    rejects(withLimits('io_priority = "realtime"'), 'limits.io_priority', /must be one of "normal", "best-effort-low", "idle"/);
+    rejects(withLimits('io_priority = 7'), 'limits.io_priority', /must be a string/);
+    rejects(withLimits('read_byte_per_second = 52428800'), 'limits.read_byte_per_second', /unknown key/);
+    rejects(validToml('limits = 5'), 'limits', /must be a table/);
+  });
+});

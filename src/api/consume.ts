@@ -22,6 +22,7 @@ import { AgentError, isAgentError } from '../errors';
 import { countServedBytes } from '../metrics';
 import type { AgentService } from '../service';
 import { recycleReadBuffer } from '../native/reader';
+import { ReadCancelledError, throttle, type ReadLimits } from '../throttle';
 import { HttpError } from './errors';
 
 export interface ConsumeOptions {
@@ -36,6 +37,8 @@ export interface ConsumeOptions {
   readAhead: number;
   /** More ranges than this in one request are refused with 416. */
   maxRanges: number;
+  /** The agent's read-rate limits, if any. */
+  limits?: ReadLimits;
 }
 
 // 1 MiB reads: with 2 MiB, each write's plaintext and ciphertext no longer stay in the CPU caches
@@ -165,6 +168,7 @@ function drained(res: ServerResponse): Promise<void> {
 
 function readImage(reader: ImageReader, range: ByteRange): Promise<Buffer> {
   return reader.read(range.offset, range.length).catch((err: unknown) => {
+    if (err instanceof ReadCancelledError) throw new ClientGoneError();
     // The reader's own verdict (a snapshot that failed during the read: 409) stands as it is.
     if (isAgentError(err)) throw err;
     const code = (err as { code?: unknown }).code;
@@ -213,7 +217,7 @@ export async function sendPieces(res: ServerResponse, reader: ImageReader, piece
 
 export function consumeImage(service: AgentService, options: ConsumeOptions): RouterMiddleware {
   return async (ctx) => {
-    const reader = await service.openImage(ctx.params.snapshotId, ctx.params.diskId);
+    const reader = throttle(await service.openImage(ctx.params.snapshotId, ctx.params.diskId), ctx.req.socket, options.limits);
     try {
       const selection = selectRanges(reader.size, ctx.get('Range'), ctx.get('If-Range'), options.maxRanges);
       const layout = layoutResponse(selection, reader.size);

@@ -2,6 +2,7 @@
 // aligned span that covers it, on dedicated I/O threads, and gives JavaScript a window into
 // pooled aligned memory instead of a copy.
 #include <fcntl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <napi.h>
@@ -12,10 +13,12 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <system_error>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "buffer_pool.h"
 #include "device_geometry.h"
@@ -122,8 +125,23 @@ void PerformRead(ReadRequest* request) {
   }
 }
 
+// From <linux/ioprio.h> (ioprio_set(2)), which C++ cannot include: it names a parameter `class`.
+constexpr int IOPRIO_WHO_PROCESS = 1;
+constexpr int IOPRIO_CLASS_SHIFT = 13;
+constexpr int IOPRIO_CLASS_NONE = 0;
+constexpr int IOPRIO_CLASS_BE = 2;
+constexpr int IOPRIO_CLASS_IDLE = 3;
+constexpr uint64_t IOPRIO_NR_CLASSES = 8;
+constexpr uint64_t IOPRIO_NR_LEVELS = 8;
+
+// glibc has no wrapper for ioprio_set(2).
+int SetThreadIoPriority(pid_t tid, int ioPriority) {
+  return static_cast<int>(syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, ioPriority));
+}
+
 // Dedicated threads for the blocking preads: the libuv pool (4 threads by default) is shared with
-// fs, dns and zlib work, and its size would cap the reads in flight.
+// fs, dns and zlib work, and its size would cap the reads in flight. Every thread runs at the I/O
+// priority last set, so the disk can favour the machine's own workload over the agent's reads.
 class IoThreadPool {
  public:
   static constexpr size_t kDefaultThreads = 8;
@@ -159,6 +177,28 @@ class IoThreadPool {
     return err;
   }
 
+  // Starts the threads if none run yet and sets the I/O priority of each of them; once every one
+  // took it, threads started later take it too. Returns 0 or the errno value of a refusal.
+  int SetIoPriority(int ioPriority) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (target_ == 0) {
+      const int err = ResizeLocked(kDefaultThreads);
+      if (running_ == 0) return err;
+    }
+    // Threads just started register within moments, before their first read.
+    registered_.wait(lock, [this] { return threadIds_.size() == running_; });
+    for (const pid_t tid : threadIds_) {
+      if (SetThreadIoPriority(tid, ioPriority) != 0) return errno;
+    }
+    ioPriority_ = ioPriority;
+    return 0;
+  }
+
+  std::vector<pid_t> ThreadIds() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::vector<pid_t>(threadIds_.begin(), threadIds_.end());
+  }
+
  private:
   IoThreadPool() = default;
 
@@ -177,27 +217,36 @@ class IoThreadPool {
   }
 
   void Run() {
+    const pid_t tid = gettid();
+    std::unique_lock<std::mutex> lock(mutex_);
+    threadIds_.insert(tid);
+    // The value SetIoPriority already applied to the other threads: it cannot be refused here.
+    if (ioPriority_ >= 0) SetThreadIoPriority(tid, ioPriority_);
+    registered_.notify_all();
     for (;;) {
-      ReadRequest* request;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [this] { return !queue_.empty() || running_ > target_; });
-        if (running_ > target_) {
-          running_--;
-          return;
-        }
-        request = queue_.front();
-        queue_.pop_front();
+      wake_.wait(lock, [this] { return !queue_.empty() || running_ > target_; });
+      // Unregistered under the lock, so SetIoPriority never meets the id of an exited thread.
+      if (running_ > target_) {
+        threadIds_.erase(tid);
+        running_--;
+        return;
       }
+      ReadRequest* request = queue_.front();
+      queue_.pop_front();
+      lock.unlock();
       PerformRead(request);
+      lock.lock();
     }
   }
 
   std::mutex mutex_;
   std::condition_variable wake_;
+  std::condition_variable registered_;
   std::deque<ReadRequest*> queue_;
   size_t running_ = 0;
   size_t target_ = 0;
+  std::set<pid_t> threadIds_;
+  int ioPriority_ = -1;  // never set: the threads keep the process's own
 };
 
 // The chunks behind buffers JavaScript holds. A chunk goes back to the pool when its buffer is
@@ -503,6 +552,35 @@ void SetReaderIoThreads(const Napi::CallbackInfo& info) {
   if (err != 0) throw ErrnoError(info.Env(), err, "pthread_create");
 }
 
+// setReaderIoPriority(ioClass, level): ioprio_set(2) for every reader thread, now and later.
+void SetReaderIoPriority(const Napi::CallbackInfo& info) {
+  const uint64_t ioClass = ToSafeUint64(info[0], "ioClass");
+  const uint64_t level = ToSafeUint64(info[1], "level");
+  if (ioClass >= IOPRIO_NR_CLASSES || level >= IOPRIO_NR_LEVELS) {
+    throw Napi::RangeError::New(info.Env(), "no such I/O priority class or level");
+  }
+  const int err = IoThreadPool::Instance().SetIoPriority(
+      static_cast<int>(ioClass << IOPRIO_CLASS_SHIFT | level));
+  if (err != 0) throw ErrnoError(info.Env(), err, "ioprio_set");
+}
+
+// The kernel thread ids of the reader threads, for ionice(1) and tests.
+Napi::Value ReaderThreadIds(const Napi::CallbackInfo& info) {
+  const std::vector<pid_t> ids = IoThreadPool::Instance().ThreadIds();
+  Napi::Array result = Napi::Array::New(info.Env(), ids.size());
+  for (size_t i = 0; i < ids.size(); i++) result.Set(i, static_cast<double>(ids[i]));
+  return result;
+}
+
+Napi::Object IoPriorityClasses(Napi::Env env) {
+  Napi::Object classes = Napi::Object::New(env);
+  classes.Set("none", static_cast<double>(IOPRIO_CLASS_NONE));
+  classes.Set("bestEffort", static_cast<double>(IOPRIO_CLASS_BE));
+  classes.Set("idle", static_cast<double>(IOPRIO_CLASS_IDLE));
+  classes.Set("lowestLevel", static_cast<double>(IOPRIO_NR_LEVELS - 1));
+  return classes;
+}
+
 void SetReaderMaxPooledBytes(const Napi::CallbackInfo& info) {
   BufferPool::Instance().SetMaxPooledBytes(ToSafeUint64(info[0], "maxPooledBytes"));
 }
@@ -515,6 +593,9 @@ void InitReader(Napi::Env env, Napi::Object exports) {
   exports.Set("readerPoolStats", Napi::Function::New(env, ReaderPoolStats, "readerPoolStats"));
   exports.Set("recycleReadBuffer", Napi::Function::New(env, RecycleReadBuffer, "recycleReadBuffer"));
   exports.Set("setReaderIoThreads", Napi::Function::New(env, SetReaderIoThreads, "setReaderIoThreads"));
+  exports.Set("setReaderIoPriority", Napi::Function::New(env, SetReaderIoPriority, "setReaderIoPriority"));
+  exports.Set("readerThreadIds", Napi::Function::New(env, ReaderThreadIds, "readerThreadIds"));
+  exports.Set("ioPriorityClasses", IoPriorityClasses(env));
   exports.Set("setReaderMaxPooledBytes",
               Napi::Function::New(env, SetReaderMaxPooledBytes, "setReaderMaxPooledBytes"));
 }

@@ -2,6 +2,7 @@
 // device or regular file, answered with buffers that point into pooled aligned memory.
 import { binding } from './binding';
 import type { BlockDeviceInfo } from './blockdev';
+import { IO_PRIORITIES, type IoPriority } from './io-priority';
 import { checkByteCount, checkPath } from './validate';
 
 /** Longest single read; longer ones reject before reaching the addon. */
@@ -102,6 +103,18 @@ export interface ReaderPoolOptions {
   ioThreads?: number;
   /** Memory kept for reuse once buffers are collected, 128 MiB unless set; beyond it the chunks released longest ago are freed. */
   maxPooledBytes?: number;
+  /** The I/O priority of every reader thread, now and later; unless set, the threads keep the process's. */
+  ioPriority?: IoPriority;
+}
+
+/** ioprio_set(2) class and level of each name; the class numbers come from the addon. */
+function ioPriorityValue(priority: IoPriority): { ioClass: number; level: number } {
+  const classes = binding.ioPriorityClasses as { none: number; bestEffort: number; idle: number; lowestLevel: number };
+  switch (priority) {
+    case 'normal': return { ioClass: classes.none, level: 0 };
+    case 'best-effort-low': return { ioClass: classes.bestEffort, level: classes.lowestLevel };
+    case 'idle': return { ioClass: classes.idle, level: 0 };
+  }
 }
 
 export function configureReaderPool(options: ReaderPoolOptions): void {
@@ -110,6 +123,19 @@ export function configureReaderPool(options: ReaderPoolOptions): void {
     if (options.ioThreads < 1 || options.ioThreads > 256) throw new RangeError('ioThreads must be between 1 and 256');
   }
   if (options.maxPooledBytes !== undefined) checkByteCount(options.maxPooledBytes, 'maxPooledBytes');
+  if (options.ioPriority !== undefined && !IO_PRIORITIES.includes(options.ioPriority)) {
+    throw new RangeError(`ioPriority must be one of ${IO_PRIORITIES.join(', ')}, got ${JSON.stringify(options.ioPriority)}`);
+  }
   if (options.ioThreads !== undefined) binding.setReaderIoThreads(options.ioThreads);
   if (options.maxPooledBytes !== undefined) binding.setReaderMaxPooledBytes(options.maxPooledBytes);
+  if (options.ioPriority !== undefined) {
+    const { ioClass, level } = ioPriorityValue(options.ioPriority);
+    // Throws a SystemError (syscall ioprio_set) when the kernel refuses it.
+    binding.setReaderIoPriority(ioClass, level);
+  }
+}
+
+/** Kernel thread ids of the reader threads (see them with `ionice -p TID`). */
+export function readerThreadIds(): number[] {
+  return binding.readerThreadIds();
 }

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type { ExportRegistry } from '../exports/types';
 import type { Logger } from '../log';
+import type { ReadLimits } from '../throttle';
 import { closeGently, negotiate } from './handshake';
 import { checkTlsMaterial, isLoopbackAddress, type NbdTlsMaterial } from './tls';
 import { Transmission } from './transmission';
@@ -31,6 +32,8 @@ export interface NbdServerOptions {
   handshakeTimeoutMs?: number;
   /** Close connections with nothing in flight and no traffic for this long; 0 (default) = never. */
   idleTimeoutMs?: number;
+  /** Read-rate limits shared with the REST API. */
+  limits?: ReadLimits;
 }
 
 export interface NbdServer {
@@ -223,7 +226,7 @@ class Server implements NbdServer {
 
     const name = session.export.name;
     const sessionLog = log.child({ export: name });
-    const transmission = new Transmission(session, { log: sessionLog, idleTimeoutMs: this.idleTimeoutMs });
+    const transmission = new Transmission(session, { log: sessionLog, idleTimeoutMs: this.idleTimeoutMs, limits: this.options.limits });
     connection.exportName = name;
     connection.transmission = transmission;
     sessionLog.info({ tls: session.tls, structuredReplies: session.structuredReplies,

@@ -19,6 +19,7 @@ import type { ImageReader } from '../engine/types';
 import type { Logger } from '../log';
 import { countServedBytes } from '../metrics';
 import { recycleReadBuffer } from '../native/reader';
+import { ReadCancelledError, throttle, type ReadLimits } from '../throttle';
 import { contextExtents } from './contexts';
 import { closeGently, type Session } from './handshake';
 import {
@@ -43,6 +44,8 @@ export interface TransmissionSettings {
   log: Logger;
   /** Close a connection with no request in flight and no traffic for this long; 0 = never. */
   idleTimeoutMs: number;
+  /** The agent's read-rate limits, if any. */
+  limits?: ReadLimits | undefined;
 }
 
 interface RequestError {
@@ -140,7 +143,7 @@ export class Transmission {
     // Node's TLS copies the buffers of a writev into one block before encrypting them. Without
     // _writev the stream hands its queued replies over one at a time, each encrypted in place.
     if (this.encrypted) this.socket._writev = undefined;
-    this.reader = session.reader;
+    this.reader = throttle(session.reader, this.socket, settings.limits);
     this.failure = session.export.failure;
     this.done = new Promise((resolve) => {
       this.socket.once('close', () => {
@@ -334,7 +337,7 @@ export class Transmission {
       } else {
         const { request } = entry;
         const message = (err as Error)?.message ?? String(err);
-        if (this.failure === null) this.settings.log.warn({ offset: request.offset, length: request.length, err: message }, 'NBD read failed');
+        if (this.failure === null && !(err instanceof ReadCancelledError)) this.settings.log.warn({ offset: request.offset, length: request.length, err: message }, 'NBD read failed');
         this.replyError(request, readError(err), message);
       }
     }

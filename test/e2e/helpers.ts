@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startAgent, type RunningAgent } from '../../src/agent';
 import { generateCertificates } from '../../src/certs';
-import { parseConfig } from '../../src/config';
+import { parseConfig, type Config } from '../../src/config';
 import { writeDemoDisk } from '../../src/demo';
 import { silentLogger } from '../../src/log';
 import { request as httpsRequest, type Response } from '../api/helpers/server';
@@ -24,7 +24,7 @@ export interface E2eAgent {
   stop(): Promise<void>;
 }
 
-export async function startE2eAgent(options: { disks?: number; diskSize?: number } = {}): Promise<E2eAgent> {
+export async function startE2eAgent(options: { disks?: number; diskSize?: number; configure?: (config: Config) => void } = {}): Promise<E2eAgent> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'csa-e2e-'));
   const certs = path.join(dir, 'certs');
   await generateCertificates({ outDir: certs });
@@ -56,6 +56,7 @@ image_dir = ${q(path.join(dir, 'engine'))}
   // Free ports, chosen by the kernel.
   config.api.port = 0;
   config.nbd.port = 0;
+  options.configure?.(config);
   const agent = await startAgent(config, silentLogger());
   const read = (name: string): string => fs.readFileSync(path.join(certs, name), 'utf8');
   const ca = read('ca-cert.pem');
