@@ -120,6 +120,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
       port: config.nbd.port,
       unixSocket: config.nbd.unixSocket ?? undefined,
       maxConnections: config.nbd.maxConnections,
+      allowedClients: config.nbd.allowedClients,
     });
     const { port: nbdPort } = await nbd.listen();
     stack.push(() => nbd.close());
