@@ -5,6 +5,8 @@ import { after, before, describe, it } from 'node:test';
 import {
   ClientFlag, Info, NBD_MAGIC, OLDSTYLE_MAGIC, Option, OPTION_MAGIC, OptionReply, TransmissionFlag,
 } from '../../src/nbd/wire';
+import { createNbdServer } from '../../src/nbd/server';
+import { makeClientCerts, type ClientCerts } from '../helpers/certs';
 import { encodeInfoRequest, encodeMetaContextQuery, RawClient, type OptionReplyMessage } from './helpers/raw-client';
 import {
   captureLogger, connectReady, EXPORT_NAME, EXPORT_SIZE, makeFixture, removeFixture, startServer, waitFor, type Fixture,
@@ -330,6 +332,61 @@ describe('NBD handshake', () => {
       client.destroy();
     });
 
+  });
+
+  describe('allow-list', () => {
+    let listed: Running;
+    let allowed: ClientCerts;
+    let notAllowed: ClientCerts;
+
+    before(async () => {
+      allowed = makeClientCerts(fixture.certs, 'allowed', '/CN=allowed/O=Coriolis');
+      notAllowed = makeClientCerts(fixture.certs, 'not-allowed', '/CN=not-allowed');
+      listed = await startServer(fixture, { allowedClients: ['CN=allowed, O=Coriolis'], handshakeTimeoutMs: 1500 });
+    });
+
+    after(() => listed.server.close());
+
+    async function clientAs(identity: ClientCerts): Promise<RawClient> {
+      const client = await RawClient.connect(listed.port);
+      await client.start();
+      await client.startTls(fixture.certs, identity);
+      return client;
+    }
+
+    it('serves a listed certificate', async () => {
+      const client = await clientAs(allowed);
+      const replies = await client.option(Option.GO, encodeInfoRequest(EXPORT_NAME));
+      assert.equal(replies.at(-1)!.type, OptionReply.ACK);
+      client.destroy();
+    });
+
+    it('answers a certificate of the same CA that is not listed NBD_REP_ERR_POLICY to every option: no export name, no data', async () => {
+      const client = await clientAs(notAllowed);
+      const received: Buffer[] = [];
+      for (const [option, data] of [[Option.LIST, Buffer.alloc(0)], [Option.INFO, encodeInfoRequest(EXPORT_NAME)],
+        [Option.STRUCTURED_REPLY, Buffer.alloc(0)], [Option.LIST_META_CONTEXT, encodeMetaContextQuery(EXPORT_NAME, [])],
+        [Option.GO, encodeInfoRequest(EXPORT_NAME)], [Option.STARTTLS, Buffer.alloc(0)]] as const) {
+        const replies = await client.option(option, data);
+        assert.deepEqual(replyTypes(replies), [OptionReply.ERR_POLICY], `option ${option}`);
+        assert.match(replies[0]!.data.toString(), /client certificate CN=not-allowed \(sha256 [0-9A-F:]+\) is not allowed/);
+        received.push(replies[0]!.data);
+      }
+      client.sendOption(Option.EXPORT_NAME, Buffer.from(EXPORT_NAME));
+      received.push(await client.untilClosed());
+      const all = Buffer.concat(received).toString();
+      assert.doesNotMatch(all, /1001|vda|1002|vdb|allowed, O=Coriolis/, 'neither export names nor the list leak');
+    });
+
+    it('is closed by the handshake deadline if it stays', async () => {
+      const client = await clientAs(notAllowed);
+      assert.equal((await client.untilClosed()).length, 0);
+    });
+
+    it('cannot be combined with TLS off', () => {
+      assert.throws(() => createNbdServer({ registry: fixture.registry, log: logs.log, tls: { mode: 'off' }, bind: '127.0.0.1',
+        port: 0, maxConnections: 1, allowedClients: ['CN=allowed'] }), /allow-list of client certificates needs TLS/);
+    });
   });
 
   describe('TLS off', () => {
