@@ -8,8 +8,9 @@
 //
 // After STARTTLS the client's certificate meets the allow-list; a client it refuses gets
 // NBD_REP_ERR_POLICY to every option (never an export name, never data) until it leaves or the
-// handshake deadline closes it. A client that sends options without reading the replies is
-// closed once too many are unread: nothing it sends grows the server's memory.
+// handshake deadline closes it. A client not admitted yet (before TLS, or refused) that keeps
+// sending options is closed after a few, and any client that sends options without reading the
+// replies is closed once too many are unread: nothing a client sends grows the server's memory.
 import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type tls from 'node:tls';
@@ -33,6 +34,8 @@ const FALLBACK_LOGICAL_BLOCK_SIZE = 512;
 const CLOSE_GRACE_MS = 2000;
 /** Option replies a client may leave unread when it sends its next option: a client that reads its replies has none. */
 export const MAX_UNREAD_OPTION_REPLIES = 64 * 1024;
+/** Options answered before the client is admitted; an honest one starts TLS at once, or gives up. */
+export const MAX_OPTIONS_BEFORE_ADMISSION = 16;
 
 export interface SelectedContext {
   /** The id the client was given in NBD_REP_META_CONTEXT. */
@@ -150,6 +153,7 @@ class Negotiation {
   private metaSelection: { exportName: string; contexts: MetaContext[] } | null = null;
   /** Set when the allow-list refused the client's certificate: what every option is answered. */
   private refusal: string | null = null;
+  private optionsBeforeAdmission = 0;
   private readonly transport: net.Socket;
   private readonly logSocketError = (err: Error): void => this.settings.log.debug({ err: err.message }, 'socket error during handshake');
 
@@ -222,7 +226,15 @@ class Negotiation {
     }
   }
 
+  /** Past the allow-list, or no TLS to pass: a client is then free to haggle as it likes. */
+  private get admitted(): boolean {
+    return (this.settings.tls === null || this.tlsActive) && this.refusal === null;
+  }
+
   private async dispatch(option: number, data: Buffer): Promise<Step> {
+    if (!this.admitted && ++this.optionsBeforeAdmission > MAX_OPTIONS_BEFORE_ADMISSION) {
+      throw new ProtocolViolation(`${MAX_OPTIONS_BEFORE_ADMISSION} options before the client was admitted: ${this.refusal ?? 'TLS is required'}`);
+    }
     try {
       if (this.settings.tls !== null && !this.tlsActive) return await this.dispatchBeforeTls(option, data);
       if (this.refusal !== null) return this.dispatchRefused(option, this.refusal);

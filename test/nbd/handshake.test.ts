@@ -5,6 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import {
   ClientFlag, Info, NBD_MAGIC, OLDSTYLE_MAGIC, Option, OPTION_MAGIC, OptionReply, TransmissionFlag,
 } from '../../src/nbd/wire';
+import { MAX_OPTIONS_BEFORE_ADMISSION } from '../../src/nbd/handshake';
 import { createNbdServer } from '../../src/nbd/server';
 import { makeClientCerts, type ClientCerts } from '../helpers/certs';
 import { encodeInfoRequest, encodeMetaContextQuery, RawClient, type OptionReplyMessage } from './helpers/raw-client';
@@ -332,6 +333,43 @@ describe('NBD handshake', () => {
       client.destroy();
     });
 
+  });
+
+  describe('clients that will not stop', () => {
+    it('closes a client that sends option after option before TLS', async () => {
+      const client = await RawClient.connect(secure.port);
+      await client.start();
+      for (let i = 0; i < 100; i++) client.sendOption(Option.LIST);
+      let refusals = 0;
+      for (;;) {
+        const reply = await client.readOptionReply().catch(() => null);
+        if (reply === null) break;
+        assert.equal(reply.type, OptionReply.ERR_TLS_REQD);
+        refusals++;
+      }
+      assert.equal(refusals, MAX_OPTIONS_BEFORE_ADMISSION);
+      assert.ok(client.isClosed);
+    });
+
+    it('closes a client that sends options without reading the replies, before they fill the server', async () => {
+      const logged = captureLogger();
+      const patient = await startServer(fixture, { tls: { mode: 'off' }, log: logged.log, handshakeTimeoutMs: 600_000 });
+      try {
+        const client = await RawClient.connect(patient.port);
+        await client.start();
+        client.stopReading();
+        const list = Buffer.alloc(16);
+        list.writeBigUInt64BE(OPTION_MAGIC, 0);
+        list.writeUInt32BE(Option.LIST, 8);
+        // Far more replies than the kernel buffers between us hold.
+        client.write(Buffer.concat(Array.from({ length: 200_000 }, () => list)));
+        await waitFor(() => patient.server.connectionCount === 0, 'the client to be closed', 60_000);
+        assert.ok(logged.records.some((record) => /without reading the replies/.test(String(record.reason))));
+        client.destroy();
+      } finally {
+        await patient.server.close();
+      }
+    });
   });
 
   describe('allow-list', () => {
