@@ -112,9 +112,14 @@ function readExactly(socket: net.Socket, length: number): Promise<Buffer> {
   });
 }
 
-/** Ends the socket (a TLS close_notify, then FIN) and destroys it if the peer lingers. */
+/**
+ * Ends the socket (a TLS close_notify, then FIN) and destroys it if the peer lingers. What the
+ * peer still sends is read and dropped: a paused socket never sees the peer's FIN, and would
+ * stay open, uncounted by the event loop, until the grace timer.
+ */
 export function closeGently(socket: net.Socket): void {
   if (socket.destroyed || socket.writableEnded) return;
+  socket.resume();
   socket.end();
   setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
 }
