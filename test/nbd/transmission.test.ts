@@ -236,6 +236,30 @@ describe('NBD transmission', () => {
     });
   });
 
+  describe('an export whose size is not a multiple of the block size', () => {
+    const UNALIGNED = '5000/vda';
+    const size = MiB + 700;
+    let tail: Buffer;
+
+    before(() => {
+      const file = path.join(fixture.dir, 'unaligned.raw');
+      tail = writePatternImage(file, size, 9);
+      fixture.registry.add({ name: UNALIGNED, file });
+    });
+
+    after(() => fixture.registry.remove(UNALIGNED));
+
+    it('serves a read ending at the export\'s end to a client that agreed to block sizes', async () => {
+      const agreed = await ready({ exportName: UNALIGNED, blockSize: true });
+      assert.deepEqual(await simpleRead(agreed, MiB, 700), tail.subarray(MiB, size));
+      assert.deepEqual(await simpleRead(agreed, MiB + 512, 188), tail.subarray(MiB + 512, size));
+      assert.equal(await simpleError(agreed, { type: Command.READ, offset: MiB, length: 699 }), NbdError.EINVAL, 'short of the end, unaligned');
+      assert.equal(await simpleError(agreed, { type: Command.READ, offset: MiB, length: 1024 }), NbdError.EINVAL, 'past the end');
+      agreed.sendRequest({ type: Command.CACHE, cookie: 5n, offset: MiB, length: 700 });
+      assert.deepEqual(await agreed.readSimpleReply(), { error: 0, cookie: 5n });
+    });
+  });
+
   describe('commands other than read', () => {
     it('refuses writes with EPERM, skipping their payload, however it arrives', async () => {
       const client = await ready();
