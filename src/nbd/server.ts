@@ -35,7 +35,7 @@ export interface NbdServerOptions {
   unixSocket?: string | null;
   /** Client certificate subjects or fingerprints (client-identity.ts); empty or absent admits every certificate the CA signed. */
   allowedClients?: readonly string[];
-  /** Connections at once, both listeners together; further ones are closed at once. */
+  /** Connections at once, both listeners together; beyond it a new one takes the oldest handshake's slot, or is closed at once. */
   maxConnections: number;
   /** Connections in the handshake at once (at most maxConnections); DEFAULT_MAX_HANDSHAKES unless given. */
   maxHandshakes?: number;
