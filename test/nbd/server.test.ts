@@ -11,7 +11,7 @@ import { Command, NbdError, Option, OptionReply } from '../../src/nbd/wire';
 import { GatedReader } from './helpers/fake-registry';
 import { encodeInfoRequest, RawClient } from './helpers/raw-client';
 import {
-  captureLogger, connectReady, EXPORT_NAME, makeFixture, removeFixture, startServer, waitFor, type Fixture,
+  captureLogger, connectReady, EXPORT_NAME, makeFixture, removeFixture, run, startServer, waitFor, type Fixture,
 } from './helpers/server';
 
 describe('NBD server', () => {
@@ -65,6 +65,12 @@ describe('NBD server', () => {
     } finally {
       await server.close();
     }
+  });
+
+  it('closes promptly after closing a client that left bytes unread: nothing waits on a timer that does not keep the process alive', async () => {
+    const result = await run(process.execPath, [path.join(__dirname, 'helpers', 'close-after-violation.js')]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, 'closed\n');
   });
 
   it('serves a Unix socket with the same TLS requirement, and removes the socket file on close', async () => {
