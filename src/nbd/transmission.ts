@@ -154,8 +154,9 @@ export class Transmission {
   private shutdownTimer: NodeJS.Timeout | null = null;
   private readonly idleTimer: NodeJS.Timeout | null;
   private readonly stallTimer: NodeJS.Timeout;
-  /** What the kernel had taken when last sampled, and when that last changed (or nothing waited). */
+  /** What the kernel had taken and what waited when last sampled, and when the client last made progress (or nothing waited). */
   private lastTaken = 0;
+  private lastUnsent = 0;
   private lastProgressAt = Date.now();
   private readsServed = 0;
   private bytesServed = 0;
@@ -440,7 +441,10 @@ export class Transmission {
     const now = Date.now();
     const { queued, taken } = transportProgress(this.session.transport);
     const unsent = this.socket.writableLength + queued;
-    if (unsent === 0 || taken !== this.lastTaken) {
+    // Less unsent is progress too, should the handle ever stop counting.
+    const progressed = taken !== this.lastTaken || unsent < this.lastUnsent;
+    this.lastUnsent = unsent;
+    if (unsent === 0 || progressed) {
       this.lastTaken = taken;
       this.lastProgressAt = now;
       return;
