@@ -212,6 +212,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
       unixSocket: config.nbd.unixSocket ?? undefined,
       maxConnections: config.nbd.maxConnections,
       limits,
+      allowedClients: config.nbd.allowedClients,
     });
     stack.push(async () => {
       report = await drainServers(api, responses, nbd, drainOptions, log);

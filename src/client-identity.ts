@@ -3,6 +3,7 @@
 // An allow-list entry names one client certificate, either by subject ("CN=backup, O=Coriolis",
 // attributes in any order, all of them) or by SHA-256 fingerprint ("sha256:AB:CD:..." or 64 hex
 // digits). An empty list admits every certificate the CA signed, as the original agent did.
+// Every door that serves disk data (REST, NBD) asks the same ClientAllowList.
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 
@@ -65,6 +66,31 @@ export function matchesClient(matcher: ClientMatcher, identity: ClientIdentity):
   if (matcher.kind === 'fingerprint') return identity.fingerprint256.replace(/:/g, '').toLowerCase() === matcher.fingerprint;
   const actual = subjectAttributes(identity.subject);
   return actual !== undefined && actual.length === matcher.attributes.length && actual.every((value, index) => value === matcher.attributes[index]);
+}
+
+/** One door's allow-list; throws on a malformed entry, naming it. */
+export class ClientAllowList {
+  private readonly matchers: ClientMatcher[];
+
+  constructor(entries: readonly string[]) {
+    this.matchers = entries.map(parseClientMatcher);
+  }
+
+  /** False for an empty list, which admits every certificate the CA signed. */
+  get restricts(): boolean {
+    return this.matchers.length > 0;
+  }
+
+  /** A connection without a client certificate is admitted only where nothing is restricted. */
+  admits(identity: ClientIdentity | null): boolean {
+    if (!this.restricts) return true;
+    return identity !== null && this.matchers.some((matcher) => matchesClient(matcher, identity));
+  }
+}
+
+/** What a refused client is told: its own certificate, nothing about the list. */
+export function notAllowedMessage(identity: ClientIdentity | null): string {
+  return `client certificate ${identity?.subject ?? ''} (sha256 ${identity?.fingerprint256 ?? ''}) is not allowed`;
 }
 
 // Parsing the peer certificate once per connection, not once per request.

@@ -64,6 +64,8 @@ export interface Config {
     certificates: TlsMaterial;
     unixSocket: string | null;
     maxConnections: number;
+    /** The allow-list NBD applies: [api.tls]'s when NBD shares a CA with the API, else [nbd]'s own. */
+    allowedClients: string[];
   };
   simulated: { disks: string[]; imageDir: string | null };
   /**
@@ -99,7 +101,7 @@ class TableReader {
   constructor(readonly file: string, private readonly prefix: string, private readonly table: TomlTable,
     knownKeys: readonly string[]) {
     const unknown = Object.keys(table).find((key) => !knownKeys.includes(key));
-    if (unknown !== undefined) throw this.error(unknown, 'unknown key');
+    if (unknown !== undefined) throw this.error(unknown, MISPLACED_KEYS[this.prefix + unknown] ?? 'unknown key');
   }
 
   error(key: string, problem: string): ConfigError {
@@ -191,6 +193,11 @@ class TableReader {
 }
 
 const TLS_KEYS = ['certificate', 'key', 'ca_certificate'] as const;
+/** Keys that are easy to put in the wrong table, where ignoring them would open a door. */
+const MISPLACED_KEYS: Record<string, string> = {
+  allowed_clients: 'is not read here: the API\'s allow-list is allowed_clients under [api.tls]',
+  'api.allowed_clients': 'is not read here: the API\'s allow-list is allowed_clients under [api.tls]',
+};
 const TOP_KEYS = ['engine', 'log_file', 'log_level', 'shutdown_grace_seconds', 'db_file', 'database_file', 'snapstore_destinations', 'auto_init_physical_disks',
   'snap_store_file_size', 'snapstore_mapping', 'api', 'nbd', 'simulated', 'limits'] as const;
 
@@ -250,6 +257,24 @@ function readTls(reader: TableReader, fallback: TlsMaterial | null): TlsMaterial
     throw reader.error('ca_certificate', `${caCertificateFile} is not a valid PEM certificate bundle: ${(err as Error).message}`);
   }
   return { certificateFile, keyFile, caCertificateFile, certificate, key, caCertificate };
+}
+
+function readAllowedClients(reader: TableReader): string[] {
+  const entries = reader.stringArray('allowed_clients') ?? [];
+  for (const [index, entry] of entries.entries()) {
+    try {
+      parseClientMatcher(entry);
+    } catch (err) {
+      throw reader.error(`allowed_clients[${index}]`, (err as Error).message);
+    }
+  }
+  return entries;
+}
+
+/** Whether the two PEM bundles trust a CA in common: a client one accepts may then reach the other. */
+function shareCertificate(bundle: string, other: string): boolean {
+  const fingerprints = new Set(pemCertificates(bundle).map((certificate) => certificate.fingerprint256));
+  return pemCertificates(other).some((certificate) => fingerprints.has(certificate.fingerprint256));
 }
 
 function readBind(reader: TableReader, key: string, fallback?: string): string {
@@ -327,16 +352,9 @@ export function parseConfig(text: string, file: string): Config {
   const apiPort = apiSection.positiveInteger('port', undefined, 65535);
   const apiTlsSection = apiSection.section('tls', [...TLS_KEYS, 'allowed_clients']);
   const apiTls = readTls(apiTlsSection, null);
-  const allowedClients = apiTlsSection.stringArray('allowed_clients') ?? [];
-  for (const [index, entry] of allowedClients.entries()) {
-    try {
-      parseClientMatcher(entry);
-    } catch (err) {
-      throw apiTlsSection.error(`allowed_clients[${index}]`, (err as Error).message);
-    }
-  }
+  const allowedClients = readAllowedClients(apiTlsSection);
 
-  const nbdSection = top.section('nbd', ['bind', 'port', 'tls', 'unix_socket', 'max_connections', ...TLS_KEYS]);
+  const nbdSection = top.section('nbd', ['bind', 'port', 'tls', 'unix_socket', 'max_connections', 'allowed_clients', ...TLS_KEYS]);
   const nbdBind = readBind(nbdSection, 'bind', apiBind);
   const nbdPort = nbdSection.positiveInteger('port', DEFAULT_NBD_PORT, 65535);
   const nbdTls = nbdSection.string('tls') ?? 'require';
@@ -349,6 +367,15 @@ export function parseConfig(text: string, file: string): Config {
   const unixSocket = nbdSection.absolutePath('unix_socket') ?? null;
   const maxConnections = nbdSection.positiveInteger('max_connections', DEFAULT_NBD_MAX_CONNECTIONS, 65535);
   const nbdCertificates = readTls(nbdSection, apiTls);
+  // One list per CA: a certificate the API's CA signed meets the API's list on every door.
+  const nbdSharesApiCa = shareCertificate(apiTls.caCertificate, nbdCertificates.caCertificate);
+  if (nbdSharesApiCa && nbdSection.has('allowed_clients')) {
+    throw nbdSection.error('allowed_clients', 'NBD trusts the API\'s CA, so [api.tls] allowed_clients applies to it: list the clients there (an [nbd] list is only for an NBD ca_certificate of its own)');
+  }
+  const nbdAllowedClients = nbdSharesApiCa ? allowedClients : readAllowedClients(nbdSection);
+  if (nbdTls === 'off' && nbdAllowedClients.length > 0) {
+    throw nbdSection.error('tls', '"off" would serve every local process without a certificate, past allowed_clients: keep TLS on, or remove the allow-list');
+  }
 
   const simulatedSection = top.section('simulated', ['disks', 'image_dir']);
   const simulatedDisks = simulatedSection.pathArray('disks') ?? [];
@@ -381,7 +408,8 @@ export function parseConfig(text: string, file: string): Config {
     snapstoreMappings,
     snapStoreFileSize,
     api: { bind: apiBind, port: apiPort, tls: apiTls, allowedClients },
-    nbd: { bind: nbdBind, port: nbdPort, tls: nbdTls, certificates: nbdCertificates, unixSocket, maxConnections },
+    nbd: { bind: nbdBind, port: nbdPort, tls: nbdTls, certificates: nbdCertificates, unixSocket, maxConnections,
+      allowedClients: nbdAllowedClients },
     simulated: { disks: simulatedDisks, imageDir },
     limits,
   };

@@ -249,6 +249,8 @@ describe('config: the shipped sample', () => {
       .replace('engine = "veeamsnap"', 'engine = "simulated"')
       .replace('allowed_clients = ["CN=coriolis", "sha256:AB:CD:..."]', 'allowed_clients = ["CN=coriolis"]')
       .replace('bind = "<the [api] bind address>"', 'bind = "127.0.0.1"')
+      // NBD's own allow-list goes with a CA of its own.
+      .replace(/(\[nbd\][^[]*?ca_certificate = )"[^"]*"/, `$1"${otherCerts.caCert}"`)
       .replace('disks = ["/srv/demo/disk0.img"]', `disks = ["${disk}"]`);
     assert.equal(parseConfig(everything, FILE).engine, 'simulated');
   });
@@ -313,5 +315,38 @@ describe('[limits]', () => {
     rejects(withLimits('io_priority = 7'), 'limits.io_priority', /must be a string/);
     rejects(withLimits('read_byte_per_second = 52428800'), 'limits.read_byte_per_second', /unknown key/);
     rejects(validToml('limits = 5'), 'limits', /must be a table/);
+  });
+});
+
+describe('the allow-list NBD applies', () => {
+  const withClients = (list: string): string => validToml().replace('[api.tls]\n', `[api.tls]\nallowed_clients = ${list}\n`);
+  test('NBD on the API\'s CA applies [api.tls] allowed_clients', () => {
+    assert.deepEqual(parseConfig(withClients('["CN=backup"]'), FILE).nbd.allowedClients, ['CN=backup']);
+    assert.deepEqual(parseConfig(validToml(), FILE).nbd.allowedClients, []);
+    // Naming the same CA file, or a bundle that contains it, is still the API's CA.
+    const bundle = path.join(dir, 'bundle.pem');
+    fs.writeFileSync(bundle, fs.readFileSync(otherCerts.caCert, 'utf8') + fs.readFileSync(certs.caCert, 'utf8'));
+    const config = parseConfig(withClients('["CN=backup"]') + `\n[nbd]\nca_certificate = "${bundle}"\n`, FILE);
+    assert.deepEqual(config.nbd.allowedClients, ['CN=backup']);
+  });
+
+  test('an [nbd] list is refused while NBD trusts the API\'s CA: one CA, one list', () => {
+    rejects(withClients('["CN=backup"]') + '\n[nbd]\nallowed_clients = ["CN=other"]\n', 'nbd.allowed_clients', /\[api\.tls\] allowed_clients applies to it/);
+  });
+
+  test('NBD with a CA of its own takes its own list, checked like the API\'s', () => {
+    const ownCa = `\n[nbd]\ncertificate = "${otherCerts.serverCert}"\nkey = "${otherCerts.serverKey}"\nca_certificate = "${otherCerts.caCert}"\n`;
+    assert.deepEqual(parseConfig(withClients('["CN=backup"]') + ownCa + 'allowed_clients = ["CN=nbd reader"]\n', FILE).nbd.allowedClients, ['CN=nbd reader']);
+    assert.deepEqual(parseConfig(withClients('["CN=backup"]') + ownCa, FILE).nbd.allowedClients, []);
+    rejects(validToml() + ownCa + 'allowed_clients = ["reader"]\n', 'nbd.allowed_clients[0]', /neither a certificate subject/);
+  });
+
+  test('TLS off is refused when a list applies: it would admit every local process', () => {
+    rejects(withClients('["CN=backup"]') + '\n[nbd]\nbind = "127.0.0.1"\ntls = "off"\n', 'nbd.tls', /past allowed_clients/);
+  });
+
+  test('allowed_clients in [api] or at the top is refused, pointing to [api.tls]', () => {
+    rejects(validToml().replace('port = 9999\n', 'port = 9999\nallowed_clients = ["CN=backup"]\n'), 'api.allowed_clients', /allowed_clients under \[api\.tls\]/);
+    rejects(validToml('allowed_clients = ["CN=backup"]'), 'allowed_clients', /allowed_clients under \[api\.tls\]/);
   });
 });

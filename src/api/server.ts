@@ -8,7 +8,7 @@ import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
 import type { Logger } from '../log';
-import { clientIdentity, matchesClient, parseClientMatcher, type ClientMatcher } from '../client-identity';
+import { ClientAllowList, clientIdentity, notAllowedMessage } from '../client-identity';
 import { errorResponse, HttpError, routeNotFound } from './errors';
 
 export interface ApiTlsMaterial {
@@ -103,28 +103,27 @@ function clientErrorRefusal(err: NodeJS.ErrnoException & { reason?: string }): H
 /** Throws on a malformed allow-list entry, naming it. */
 export function createApiServer(options: ApiServerOptions): https.Server {
   const timeouts = { ...DEFAULT_TIMEOUTS, ...options.timeouts };
-  const matchers: ClientMatcher[] = (options.allowedClients ?? []).map(parseClientMatcher);
+  const allowList = new ClientAllowList(options.allowedClients ?? []);
   const admitted = new WeakMap<Socket, boolean>();
   const isAdmitted = (socket: Socket): boolean => {
     let verdict = admitted.get(socket);
     if (verdict === undefined) {
       const identity = clientIdentity(socket);
-      verdict = identity !== null && matchers.some((matcher) => matchesClient(matcher, identity));
+      verdict = allowList.admits(identity);
       if (!verdict) options.log.warn({ remote: socket.remoteAddress, client: identity }, 'client certificate not in api.tls.allowed_clients: refused');
       admitted.set(socket, verdict);
     }
     return verdict;
   };
 
-  const handler: RequestListener = matchers.length === 0
+  const handler: RequestListener = !allowList.restricts
     ? options.handler
     : (req: IncomingMessage, res: ServerResponse) => {
       if (isAdmitted(req.socket)) {
         options.handler(req, res);
         return;
       }
-      const identity = clientIdentity(req.socket);
-      sendError(res, new HttpError(403, 'Forbidden', `client certificate ${identity?.subject ?? ''} (sha256 ${identity?.fingerprint256 ?? ''}) is not allowed`));
+      sendError(res, new HttpError(403, 'Forbidden', notAllowedMessage(clientIdentity(req.socket))));
     };
 
   const server = https.createServer({

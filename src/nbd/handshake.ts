@@ -5,13 +5,21 @@
 // refused, closes the connection. Anything that breaks the framing (a wrong magic, unknown
 // client flags, an option too long to be real) closes the connection too: there is no way to
 // find the next message in such a stream.
+//
+// After STARTTLS the client's certificate meets the allow-list; a client it refuses gets
+// NBD_REP_ERR_POLICY to every option (never an export name, never data) until it leaves or the
+// handshake deadline closes it. A client not admitted yet (before TLS, or refused) that keeps
+// sending options is closed after a few, and any client that sends options without reading the
+// replies is closed once too many are unread: nothing a client sends grows the server's memory.
 import type net from 'node:net';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import type tls from 'node:tls';
+import { clientIdentity, notAllowedMessage, type ClientAllowList } from '../client-identity';
 import type { ImageReader } from '../engine/types';
 import type { Export, ExportRegistry } from '../exports/types';
 import type { Logger } from '../log';
 import { listContexts, selectContexts, type MetaContext } from './contexts';
-import { peerSubject, upgradeToTls, type NbdTlsMaterial } from './tls';
+import { upgradeToTls, type NbdTlsMaterial } from './tls';
 import {
   ClientFlag, CLIENT_FLAGS_LENGTH, decodeExportName, decodeInfoRequest, decodeMetaContextRequest, decodeOptionHeader,
   encodeExportNameReply, encodeGreeting, encodeInfoBlockSize, encodeInfoExport, encodeInfoString, encodeMetaContextReply,
@@ -24,6 +32,10 @@ import {
 const FALLBACK_LOGICAL_BLOCK_SIZE = 512;
 /** How long a closed-by-us socket may take to say goodbye before it is destroyed. */
 const CLOSE_GRACE_MS = 2000;
+/** Option replies a client may leave unread when it sends its next option: a client that reads its replies has none. */
+export const MAX_UNREAD_OPTION_REPLIES = 64 * 1024;
+/** Options answered before the client is admitted; an honest one starts TLS at once, or gives up. */
+export const MAX_OPTIONS_BEFORE_ADMISSION = 16;
 
 export interface SelectedContext {
   /** The id the client was given in NBD_REP_META_CONTEXT. */
@@ -35,6 +47,8 @@ export interface SelectedContext {
 export interface Session {
   /** The TLS socket after STARTTLS, else the accepted one. */
   socket: net.Socket;
+  /** The accepted socket, which carries `socket`'s encrypted bytes under TLS. */
+  transport: net.Socket;
   export: Export;
   /** null when the export's snapshot has failed: reads answer EIO, block status still works. */
   reader: ImageReader | null;
@@ -52,6 +66,8 @@ export interface HandshakeSettings {
   log: Logger;
   /** null when TLS is off (loopback and Unix sockets only). */
   tls: NbdTlsMaterial | null;
+  /** Checked once TLS is up; it restricts nothing when TLS is off (the server refuses that pairing). */
+  allowList: ClientAllowList;
 }
 
 class ConnectionClosed extends Error {
@@ -96,9 +112,14 @@ function readExactly(socket: net.Socket, length: number): Promise<Buffer> {
   });
 }
 
-/** Ends the socket (a TLS close_notify, then FIN) and destroys it if the peer lingers. */
+/**
+ * Ends the socket (a TLS close_notify, then FIN) and destroys it if the peer lingers. What the
+ * peer still sends is read and dropped: a paused socket never sees the peer's FIN, and would
+ * stay open, uncounted by the event loop, until the grace timer.
+ */
 export function closeGently(socket: net.Socket): void {
   if (socket.destroyed || socket.writableEnded) return;
+  socket.resume();
   socket.end();
   setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
 }
@@ -135,9 +156,14 @@ class Negotiation {
   private structuredReplies = false;
   private noZeroes = false;
   private metaSelection: { exportName: string; contexts: MetaContext[] } | null = null;
+  /** Set when the allow-list refused the client's certificate: what every option is answered. */
+  private refusal: string | null = null;
+  private optionsBeforeAdmission = 0;
+  private readonly transport: net.Socket;
   private readonly logSocketError = (err: Error): void => this.settings.log.debug({ err: err.message }, 'socket error during handshake');
 
   constructor(private socket: net.Socket, private readonly settings: HandshakeSettings, private readonly signal: AbortSignal) {
+    this.transport = socket;
     socket.on('error', this.logSocketError);
   }
 
@@ -187,6 +213,11 @@ class Negotiation {
     this.noZeroes = (clientFlags & ClientFlag.NO_ZEROES) !== 0;
 
     for (;;) {
+      if (this.socket.writableLength > MAX_UNREAD_OPTION_REPLIES) {
+        throw new ProtocolViolation(`the client sends options without reading the replies (${this.socket.writableLength} bytes unread)`);
+      }
+      // Options already buffered would otherwise be answered back to back, starving every other connection.
+      await nextTurn();
       const header = decodeOptionHeader(await readExactly(this.socket, OPTION_HEADER_LENGTH));
       if (header.magic !== OPTION_MAGIC) throw new ProtocolViolation(`bad option magic 0x${header.magic.toString(16)}`);
       if (header.length > MAX_OPTION_LENGTH) {
@@ -200,9 +231,18 @@ class Negotiation {
     }
   }
 
+  /** Past the allow-list, or no TLS to pass: a client is then free to haggle as it likes. */
+  private get admitted(): boolean {
+    return (this.settings.tls === null || this.tlsActive) && this.refusal === null;
+  }
+
   private async dispatch(option: number, data: Buffer): Promise<Step> {
+    if (!this.admitted && ++this.optionsBeforeAdmission > MAX_OPTIONS_BEFORE_ADMISSION) {
+      throw new ProtocolViolation(`${MAX_OPTIONS_BEFORE_ADMISSION} options before the client was admitted: ${this.refusal ?? 'TLS is required'}`);
+    }
     try {
       if (this.settings.tls !== null && !this.tlsActive) return await this.dispatchBeforeTls(option, data);
+      if (this.refusal !== null) return this.dispatchRefused(option, this.refusal);
       switch (option) {
         case Option.EXPORT_NAME: return await this.exportName(data);
         case Option.ABORT: return this.abort();
@@ -232,6 +272,16 @@ class Negotiation {
       case Option.EXPORT_NAME: throw new ProtocolViolation('NBD_OPT_EXPORT_NAME before STARTTLS, and TLS is required');
       default:
         this.reply(option, OptionReply.ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first');
+        return 'continue';
+    }
+  }
+
+  private dispatchRefused(option: number, refusal: string): Step {
+    switch (option) {
+      case Option.ABORT: return this.abort();
+      case Option.EXPORT_NAME: throw new ProtocolViolation(`NBD_OPT_EXPORT_NAME: ${refusal}`);
+      default:
+        this.reply(option, OptionReply.ERR_POLICY, refusal);
         return 'continue';
     }
   }
@@ -273,7 +323,13 @@ class Negotiation {
     // The protocol voids everything negotiated in plaintext.
     this.structuredReplies = false;
     this.metaSelection = null;
-    log.debug({ client: peerSubject(this.socket as tls.TLSSocket), protocol: (this.socket as tls.TLSSocket).getProtocol() }, 'TLS established');
+    const identity = clientIdentity(this.socket);
+    if (!this.settings.allowList.admits(identity)) {
+      this.refusal = notAllowedMessage(identity);
+      log.warn({ client: identity }, 'NBD client certificate not in allowed_clients: refused');
+      return 'continue';
+    }
+    log.debug({ client: identity?.subject, protocol: (this.socket as tls.TLSSocket).getProtocol() }, 'TLS established');
     return 'continue';
   }
 
@@ -367,6 +423,7 @@ class Negotiation {
     const selection = this.metaSelection?.exportName === exported.name ? this.metaSelection.contexts : [];
     return {
       socket: this.socket,
+      transport: this.transport,
       export: exported,
       reader,
       transmissionFlags: flags,

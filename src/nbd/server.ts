@@ -2,16 +2,23 @@
 // exports of an ExportRegistry, read-only. Each connection runs the handshake (handshake.ts),
 // then the transmission phase (transmission.ts) until the client disconnects, the export is
 // removed or the server closes.
+//
+// Connections still in the handshake have not shown a certificate the allow-list admits: they
+// get a deadline and a few slots of their own, and a new connection takes the slot of the oldest
+// one, so clients that never finish a handshake cannot keep authenticated ones out.
 import fs from 'node:fs';
 import net from 'node:net';
+import { ClientAllowList } from '../client-identity';
 import type { ExportRegistry } from '../exports/types';
 import type { Logger } from '../log';
 import type { ReadLimits } from '../throttle';
 import { closeGently, negotiate } from './handshake';
 import { checkTlsMaterial, isLoopbackAddress, type NbdTlsMaterial } from './tls';
-import { Transmission } from './transmission';
+import { DEFAULT_STALL_TIMEOUT_MS, Transmission } from './transmission';
 
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+/** Handshakes at once; the oldest gives way to a new connection. Honest ones last milliseconds. */
+export const DEFAULT_MAX_HANDSHAKES = 16;
 /** TCP keep-alive finds peers that vanished; an idle timeout is off by default because an attached kernel client may stay idle for days. */
 const KEEPALIVE_DELAY_MS = 30_000;
 
@@ -27,9 +34,15 @@ export interface NbdServerOptions {
   port: number;
   /** Path of a Unix socket to listen on as well (same TLS mode). */
   unixSocket?: string | null;
-  /** Connections at once, both listeners together; further ones are closed at once. */
+  /** Client certificate subjects or fingerprints (client-identity.ts); empty or absent admits every certificate the CA signed. */
+  allowedClients?: readonly string[];
+  /** Connections at once, both listeners together; beyond it a new one takes the oldest handshake's slot, or is closed at once. */
   maxConnections: number;
+  /** Connections in the handshake at once (at most maxConnections); DEFAULT_MAX_HANDSHAKES unless given. */
+  maxHandshakes?: number;
   handshakeTimeoutMs?: number;
+  /** A client that takes none of its pending replies for this long is disconnected. */
+  stallTimeoutMs?: number;
   /** Close connections with nothing in flight and no traffic for this long; 0 (default) = never. */
   idleTimeoutMs?: number;
   /** Read-rate limits shared with the REST API. */
@@ -91,9 +104,14 @@ function removeStaleSocket(file: string): void {
 
 class Server implements NbdServer {
   private readonly connections = new Set<Connection>();
+  /** The connections still in the handshake, oldest first. */
+  private readonly handshakes = new Set<Connection>();
   private readonly finished = new Set<Promise<void>>();
   private readonly tlsMaterial: NbdTlsMaterial | null;
+  private readonly allowList: ClientAllowList;
+  private readonly maxHandshakes: number;
   private readonly handshakeTimeoutMs: number;
+  private readonly stallTimeoutMs: number;
   private readonly idleTimeoutMs: number;
   private tcp: net.Server | null = null;
   private unix: net.Server | null = null;
@@ -107,6 +125,14 @@ class Server implements NbdServer {
     if (options.tls.mode === 'off' && !isLoopbackAddress(options.bind)) {
       throw new Error(`NBD TLS may be off only on a loopback address, not ${options.bind}`);
     }
+    this.allowList = new ClientAllowList(options.allowedClients ?? []);
+    if (options.tls.mode === 'off' && this.allowList.restricts) {
+      throw new Error('an allow-list of client certificates needs TLS: NBD TLS may not be off');
+    }
+    this.maxHandshakes = Math.min(options.maxHandshakes ?? DEFAULT_MAX_HANDSHAKES, options.maxConnections);
+    if (!Number.isInteger(this.maxHandshakes) || this.maxHandshakes < 1) {
+      throw new RangeError(`maxHandshakes must be a positive integer, got ${options.maxHandshakes}`);
+    }
     if (options.tls.mode === 'require') {
       const { certificate, key, caCertificate } = options.tls;
       this.tlsMaterial = { certificate, key, caCertificate };
@@ -115,6 +141,7 @@ class Server implements NbdServer {
       this.tlsMaterial = null;
     }
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    this.stallTimeoutMs = options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS;
     this.idleTimeoutMs = options.idleTimeoutMs ?? 0;
     options.registry.on('removed', this.onRemoved);
     options.registry.on('failed', this.onFailed);
@@ -196,18 +223,27 @@ class Server implements NbdServer {
       socket.destroy();
       return;
     }
-    if (this.connections.size >= maxConnections) {
-      log.warn({ remote, maxConnections }, 'NBD connection refused: too many connections');
-      closeGently(socket);
-      return;
+    if (this.connections.size >= maxConnections || this.handshakes.size >= this.maxHandshakes) {
+      const oldest = this.handshakes.values().next().value;
+      if (oldest === undefined) {
+        log.warn({ remote, maxConnections }, 'NBD connection refused: too many connections');
+        closeGently(socket);
+        return;
+      }
+      // It leaves both sets now: its slot is the new connection's, whenever its socket is gone.
+      this.handshakes.delete(oldest);
+      this.connections.delete(oldest);
+      oldest.controller.abort(new Error('a newer connection took its handshake slot'));
     }
     const connection: Connection = { controller: new AbortController(), exportName: null, transmission: null };
     this.connections.add(connection);
+    this.handshakes.add(connection);
     const connectionLog = log.child({ nbdConnection: this.nextConnectionId++, remote });
     const finished = this.serve(socket, connection, connectionLog)
       .catch((err: unknown) => connectionLog.error({ err }, 'NBD connection failed'))
       .finally(() => {
         this.connections.delete(connection);
+        this.handshakes.delete(connection);
         this.finished.delete(finished);
       });
     this.finished.add(finished);
@@ -218,15 +254,17 @@ class Server implements NbdServer {
     const timer = setTimeout(() => connection.controller.abort(new Error('the handshake timed out')), this.handshakeTimeoutMs);
     let session;
     try {
-      session = await negotiate(socket, { registry, log, tls: this.tlsMaterial }, connection.controller.signal);
+      session = await negotiate(socket, { registry, log, tls: this.tlsMaterial, allowList: this.allowList }, connection.controller.signal);
     } finally {
       clearTimeout(timer);
+      this.handshakes.delete(connection);
     }
     if (session === null) return;
 
     const name = session.export.name;
     const sessionLog = log.child({ export: name });
-    const transmission = new Transmission(session, { log: sessionLog, idleTimeoutMs: this.idleTimeoutMs, limits: this.options.limits });
+    const transmission = new Transmission(session, { log: sessionLog, idleTimeoutMs: this.idleTimeoutMs, stallTimeoutMs: this.stallTimeoutMs,
+      limits: this.options.limits });
     connection.exportName = name;
     connection.transmission = transmission;
     sessionLog.info({ tls: session.tls, structuredReplies: session.structuredReplies,

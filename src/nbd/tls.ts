@@ -51,12 +51,6 @@ export function upgradeToTls(socket: net.Socket, material: NbdTlsMaterial): Prom
   });
 }
 
-/** The peer's certificate subject, for the log. */
-export function peerSubject(socket: tls.TLSSocket): string | undefined {
-  const commonName = socket.getPeerCertificate()?.subject?.CN;
-  return Array.isArray(commonName) ? commonName.join(', ') : commonName;
-}
-
 export function isLoopbackAddress(address: string): boolean {
   const plain = address.startsWith('::ffff:') ? address.slice('::ffff:'.length) : address;
   if (net.isIPv4(plain)) return plain.split('.')[0] === '127';

@@ -13,6 +13,9 @@
 //
 // Memory is bounded per connection: requests stop being read while too many reads are in flight
 // or too many reply bytes wait in the socket, and resume as the client takes its replies.
+// A client is cut only when it stops taking its replies: progress is what the kernel accepted
+// from the connection, measured below Node's stream (one 32 MiB reply is one write, however
+// slowly it leaves), and never bytes still queued or the socket's own idle timer.
 import type net from 'node:net';
 import tls from 'node:tls';
 import type { ImageReader } from '../engine/types';
@@ -36,7 +39,9 @@ const MAX_MERGED_READ = 2 * 1024 * 1024;
 /** Over TLS, replies up to this size are joined with their header into one record's worth. */
 const SMALL_TLS_REPLY = 16 * 1024;
 /** A client that takes none of its replies for this long has gone away without saying so. */
-const STALL_TIMEOUT_MS = 60_000;
+export const DEFAULT_STALL_TIMEOUT_MS = 60_000;
+/** Progress is sampled this many times per stall timeout: a stall is cut within 1 + 1/n timeouts. */
+const STALL_SAMPLES = 8;
 /** After a shutdown, how long new requests still get ESHUTDOWN before the connection is closed. */
 const SHUTDOWN_GRACE_MS = 1000;
 
@@ -46,6 +51,8 @@ export interface TransmissionSettings {
   idleTimeoutMs: number;
   /** The agent's read-rate limits, if any. */
   limits?: ReadLimits | undefined;
+  /** Close a connection whose replies wait and none of whose bytes the client took for this long. */
+  stallTimeoutMs: number;
 }
 
 interface RequestError {
@@ -102,6 +109,22 @@ function readError(err: unknown): number {
   return (err as NodeJS.ErrnoException)?.code === 'ERR_READER_CLOSED' ? NbdError.ESHUTDOWN : NbdError.EIO;
 }
 
+/** The libuv stream under a socket: what it has been given, and what of it the kernel has not taken yet. */
+interface StreamHandle {
+  bytesWritten?: number;
+  writeQueueSize?: number;
+}
+
+/**
+ * Bytes of `socket` still on their way to the kernel, and how many the kernel has taken so far.
+ * Node's stream reports a large write only once it is complete; its handle counts as it goes.
+ */
+function transportProgress(transport: net.Socket): { queued: number; taken: number } {
+  const handle = (transport as unknown as { _handle?: StreamHandle | null })._handle;
+  const queued = handle?.writeQueueSize ?? 0;
+  return { queued, taken: (handle?.bytesWritten ?? 0) - queued };
+}
+
 /** A callback that runs `action` on its `count`th call. */
 function afterAll(count: number, action: () => void): () => void {
   let remaining = count;
@@ -134,6 +157,11 @@ export class Transmission {
   private shutdownReason: string | null = null;
   private shutdownTimer: NodeJS.Timeout | null = null;
   private readonly idleTimer: NodeJS.Timeout | null;
+  private readonly stallTimer: NodeJS.Timeout;
+  /** What the kernel had taken and what waited when last sampled, and when the client last made progress (or nothing waited). */
+  private lastTaken = 0;
+  private lastUnsent = 0;
+  private lastProgressAt = Date.now();
   private readsServed = 0;
   private bytesServed = 0;
 
@@ -150,6 +178,7 @@ export class Transmission {
         this.closed = true;
         if (this.shutdownTimer !== null) clearTimeout(this.shutdownTimer);
         if (this.idleTimer !== null) clearTimeout(this.idleTimer);
+        clearInterval(this.stallTimer);
         settings.log.info({ reads: this.readsServed, bytes: this.bytesServed }, 'NBD connection closed');
         resolve();
       });
@@ -158,8 +187,7 @@ export class Transmission {
     this.socket.on('data', this.onData);
     this.socket.on('end', () => this.stop('the client closed its side'));
     this.socket.on('drain', () => this.resumeIfRoom());
-    this.socket.setTimeout(STALL_TIMEOUT_MS);
-    this.socket.on('timeout', () => this.onStall());
+    this.stallTimer = setInterval(() => this.checkProgress(), Math.max(1, settings.stallTimeoutMs / STALL_SAMPLES));
     this.idleTimer = settings.idleTimeoutMs > 0 ? setTimeout(() => this.onIdle(), settings.idleTimeoutMs) : null;
     // The handshake read the socket in paused mode; bytes it did not consume are delivered now.
     this.socket.resume();
@@ -413,10 +441,21 @@ export class Transmission {
     closeGently(this.socket);
   }
 
-  /** No traffic either way for a while: only a problem when replies are stuck in the socket. */
-  private onStall(): void {
-    if (this.socket.writableLength === 0) return;
-    this.settings.log.info({ unsent: this.socket.writableLength }, 'NBD client stopped taking its replies: closing the connection');
+  /** Replies waiting while the kernel took nothing for the stall timeout: the client has gone. */
+  private checkProgress(): void {
+    const now = Date.now();
+    const { queued, taken } = transportProgress(this.session.transport);
+    const unsent = this.socket.writableLength + queued;
+    // Less unsent is progress too, should the handle ever stop counting.
+    const progressed = taken !== this.lastTaken || unsent < this.lastUnsent;
+    this.lastUnsent = unsent;
+    if (unsent === 0 || progressed) {
+      this.lastTaken = taken;
+      this.lastProgressAt = now;
+      return;
+    }
+    if (now - this.lastProgressAt < this.settings.stallTimeoutMs) return;
+    this.settings.log.info({ unsent, stallTimeoutMs: this.settings.stallTimeoutMs }, 'NBD client stopped taking its replies: closing the connection');
     this.socket.destroy();
   }
 

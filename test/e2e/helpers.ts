@@ -24,10 +24,11 @@ export interface E2eAgent {
   stop(): Promise<void>;
 }
 
-export async function startE2eAgent(options: { disks?: number; diskSize?: number; configure?: (config: Config) => void } = {}): Promise<E2eAgent> {
+/** certsDir: certificates in gen-certs' file names to use instead of a new set; allowedClients: [api.tls] allowed_clients. */
+export async function startE2eAgent(options: { disks?: number; diskSize?: number; certsDir?: string; allowedClients?: string[]; configure?: (config: Config) => void } = {}): Promise<E2eAgent> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'csa-e2e-'));
-  const certs = path.join(dir, 'certs');
-  await generateCertificates({ outDir: certs });
+  const certs = options.certsDir ?? path.join(dir, 'certs');
+  if (options.certsDir === undefined) await generateCertificates({ outDir: certs });
   fs.mkdirSync(path.join(dir, 'snapstores'));
   const disks = Array.from({ length: options.disks ?? 2 }, (_, i) => {
     const file = path.join(dir, `disk${i}.img`);
@@ -49,6 +50,7 @@ port = 1
 certificate = ${q(path.join(certs, 'server-cert.pem'))}
 key = ${q(path.join(certs, 'server-key.pem'))}
 ca_certificate = ${q(path.join(certs, 'ca-cert.pem'))}
+${options.allowedClients === undefined ? '' : `allowed_clients = ${q(options.allowedClients)}`}
 [simulated]
 disks = [${disks.map((d) => q(d)).join(', ')}]
 image_dir = ${q(path.join(dir, 'engine'))}

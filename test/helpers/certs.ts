@@ -43,3 +43,21 @@ export function makeTestCerts(dir: string): TestCerts {
     clientKey: file('client-key.pem'),
   };
 }
+
+export interface ClientCerts {
+  /** A certificates directory as libnbd and qemu read it: ca-cert.pem, client-cert.pem, client-key.pem. */
+  dir: string;
+  cert: string;
+  key: string;
+}
+
+/** Another client certificate from the CA of `certs`, with its own subject (openssl -subj form), in a directory of its own. */
+export function makeClientCerts(certs: TestCerts, name: string, subject: string): ClientCerts {
+  issue(certs.dir, name, subject, 'extendedKeyUsage=clientAuth\n');
+  const dir = path.join(certs.dir, name);
+  fs.mkdirSync(dir);
+  fs.copyFileSync(certs.caCert, path.join(dir, 'ca-cert.pem'));
+  fs.renameSync(path.join(certs.dir, `${name}-cert.pem`), path.join(dir, 'client-cert.pem'));
+  fs.renameSync(path.join(certs.dir, `${name}-key.pem`), path.join(dir, 'client-key.pem'));
+  return { dir, cert: path.join(dir, 'client-cert.pem'), key: path.join(dir, 'client-key.pem') };
+}

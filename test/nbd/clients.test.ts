@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { findCommand } from '../native/helpers/loop';
 import { RawClient } from './helpers/raw-client';
 import {
-  captureLogger, CBT_BLOCK_SIZE, EXPORT_NAME, EXPORT_SIZE, makeFixture, removeFixture, run, startServer, type Fixture,
+  captureLogger, CBT_BLOCK_SIZE, connectReady, EXPORT_NAME, EXPORT_SIZE, makeFixture, removeFixture, run, startServer, type Fixture,
   type LogRecord, type Running,
 } from './helpers/server';
 
@@ -126,18 +126,21 @@ describe('NBD with Debian clients', () => {
       assert.match(result.stderr, /nope/);
     });
 
-    it('is refused beyond the connection limit, and served once a slot frees', async () => {
+    it('takes the slot of a connection stuck in its handshake, and is refused while every slot serves a client', async () => {
       const limited = await startServer(fixture, { maxConnections: 2 });
+      const size = (): ReturnType<typeof run> =>
+        run('nbdinfo', ['--size', `nbds://127.0.0.1:${limited.port}/${encodedName}?tls-certificates=${fixture.certs.dir}`]);
       try {
-        const holders = [await RawClient.connect(limited.port), await RawClient.connect(limited.port)];
-        for (const holder of holders) await holder.readGreeting();
-        const refused = await run('nbdinfo', [`nbds://127.0.0.1:${limited.port}/${encodedName}?tls-certificates=${fixture.certs.dir}`]);
-        assert.notEqual(refused.code, 0);
-        holders[0]!.destroy();
-        const served = await run('nbdinfo', ['--size', `nbds://127.0.0.1:${limited.port}/${encodedName}?tls-certificates=${fixture.certs.dir}`]);
+        const attached = [await connectReady(limited.port, { tls: fixture.certs })];
+        const lingering = await RawClient.connect(limited.port);
+        await lingering.readGreeting();
+        const served = await size();
         assert.equal(served.code, 0, served.stderr);
         assert.equal(served.stdout.trim(), String(EXPORT_SIZE));
-        holders[1]!.destroy();
+        assert.equal((await lingering.untilClosed()).length, 0, 'the lingering handshake gave its slot away');
+        attached.push(await connectReady(limited.port, { tls: fixture.certs }));
+        assert.notEqual((await size()).code, 0);
+        for (const client of attached) client.destroy();
       } finally {
         await limited.server.close();
       }

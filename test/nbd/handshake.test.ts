@@ -5,6 +5,9 @@ import { after, before, describe, it } from 'node:test';
 import {
   ClientFlag, Info, NBD_MAGIC, OLDSTYLE_MAGIC, Option, OPTION_MAGIC, OptionReply, TransmissionFlag,
 } from '../../src/nbd/wire';
+import { MAX_OPTIONS_BEFORE_ADMISSION } from '../../src/nbd/handshake';
+import { createNbdServer } from '../../src/nbd/server';
+import { makeClientCerts, type ClientCerts } from '../helpers/certs';
 import { encodeInfoRequest, encodeMetaContextQuery, RawClient, type OptionReplyMessage } from './helpers/raw-client';
 import {
   captureLogger, connectReady, EXPORT_NAME, EXPORT_SIZE, makeFixture, removeFixture, startServer, waitFor, type Fixture,
@@ -330,6 +333,98 @@ describe('NBD handshake', () => {
       client.destroy();
     });
 
+  });
+
+  describe('clients that will not stop', () => {
+    it('closes a client that sends option after option before TLS', async () => {
+      const client = await RawClient.connect(secure.port);
+      await client.start();
+      for (let i = 0; i < 100; i++) client.sendOption(Option.LIST);
+      let refusals = 0;
+      for (;;) {
+        const reply = await client.readOptionReply().catch(() => null);
+        if (reply === null) break;
+        assert.equal(reply.type, OptionReply.ERR_TLS_REQD);
+        refusals++;
+      }
+      assert.equal(refusals, MAX_OPTIONS_BEFORE_ADMISSION);
+      assert.ok(client.isClosed);
+    });
+
+    it('closes a client that sends options without reading the replies, before they fill the server', async () => {
+      const logged = captureLogger();
+      const patient = await startServer(fixture, { tls: { mode: 'off' }, log: logged.log, handshakeTimeoutMs: 600_000 });
+      try {
+        const client = await RawClient.connect(patient.port);
+        await client.start();
+        client.stopReading();
+        const list = Buffer.alloc(16);
+        list.writeBigUInt64BE(OPTION_MAGIC, 0);
+        list.writeUInt32BE(Option.LIST, 8);
+        // Far more replies than the kernel buffers between us hold.
+        client.write(Buffer.concat(Array.from({ length: 200_000 }, () => list)));
+        await waitFor(() => patient.server.connectionCount === 0, 'the client to be closed', 60_000);
+        assert.ok(logged.records.some((record) => /without reading the replies/.test(String(record.reason))));
+        client.destroy();
+      } finally {
+        await patient.server.close();
+      }
+    });
+  });
+
+  describe('allow-list', () => {
+    let listed: Running;
+    let allowed: ClientCerts;
+    let notAllowed: ClientCerts;
+
+    before(async () => {
+      allowed = makeClientCerts(fixture.certs, 'allowed', '/CN=allowed/O=Coriolis');
+      notAllowed = makeClientCerts(fixture.certs, 'not-allowed', '/CN=not-allowed');
+      listed = await startServer(fixture, { allowedClients: ['CN=allowed, O=Coriolis'], handshakeTimeoutMs: 1500 });
+    });
+
+    after(() => listed.server.close());
+
+    async function clientAs(identity: ClientCerts): Promise<RawClient> {
+      const client = await RawClient.connect(listed.port);
+      await client.start();
+      await client.startTls(fixture.certs, identity);
+      return client;
+    }
+
+    it('serves a listed certificate', async () => {
+      const client = await clientAs(allowed);
+      const replies = await client.option(Option.GO, encodeInfoRequest(EXPORT_NAME));
+      assert.equal(replies.at(-1)!.type, OptionReply.ACK);
+      client.destroy();
+    });
+
+    it('answers a certificate of the same CA that is not listed NBD_REP_ERR_POLICY to every option: no export name, no data', async () => {
+      const client = await clientAs(notAllowed);
+      const received: Buffer[] = [];
+      for (const [option, data] of [[Option.LIST, Buffer.alloc(0)], [Option.INFO, encodeInfoRequest(EXPORT_NAME)],
+        [Option.STRUCTURED_REPLY, Buffer.alloc(0)], [Option.LIST_META_CONTEXT, encodeMetaContextQuery(EXPORT_NAME, [])],
+        [Option.GO, encodeInfoRequest(EXPORT_NAME)], [Option.STARTTLS, Buffer.alloc(0)]] as const) {
+        const replies = await client.option(option, data);
+        assert.deepEqual(replyTypes(replies), [OptionReply.ERR_POLICY], `option ${option}`);
+        assert.match(replies[0]!.data.toString(), /client certificate CN=not-allowed \(sha256 [0-9A-F:]+\) is not allowed/);
+        received.push(replies[0]!.data);
+      }
+      client.sendOption(Option.EXPORT_NAME, Buffer.from(EXPORT_NAME));
+      received.push(await client.untilClosed());
+      const all = Buffer.concat(received).toString();
+      assert.doesNotMatch(all, /1001|vda|1002|vdb|allowed, O=Coriolis/, 'neither export names nor the list leak');
+    });
+
+    it('is closed by the handshake deadline if it stays', async () => {
+      const client = await clientAs(notAllowed);
+      assert.equal((await client.untilClosed()).length, 0);
+    });
+
+    it('cannot be combined with TLS off', () => {
+      assert.throws(() => createNbdServer({ registry: fixture.registry, log: logs.log, tls: { mode: 'off' }, bind: '127.0.0.1',
+        port: 0, maxConnections: 1, allowedClients: ['CN=allowed'] }), /allow-list of client certificates needs TLS/);
+    });
   });
 
   describe('TLS off', () => {

@@ -11,7 +11,7 @@ import { Command, NbdError, Option, OptionReply } from '../../src/nbd/wire';
 import { GatedReader } from './helpers/fake-registry';
 import { encodeInfoRequest, RawClient } from './helpers/raw-client';
 import {
-  captureLogger, connectReady, EXPORT_NAME, makeFixture, removeFixture, startServer, waitFor, type Fixture,
+  captureLogger, connectReady, EXPORT_NAME, makeFixture, removeFixture, run, startServer, waitFor, type Fixture,
 } from './helpers/server';
 
 describe('NBD server', () => {
@@ -25,25 +25,52 @@ describe('NBD server', () => {
     removeFixture(fixture);
   });
 
-  it('closes connections beyond the limit at once, and takes new ones when a slot frees', async () => {
+  it('beyond the limit, a new connection takes the oldest handshake\'s slot, and is closed at once when every slot serves a client', async () => {
     const { server, port } = await startServer(fixture, { tls: { mode: 'off' }, maxConnections: 2 });
     try {
       const first = await connectReady(port, {});
       const second = await RawClient.connect(port);
       await second.readGreeting();
-      const third = await RawClient.connect(port);
-      assert.equal((await third.untilClosed()).length, 0, 'no greeting for the third connection');
+      const third = await connectReady(port, {});
+      assert.equal((await second.untilClosed()).length, 0, 'the handshake gave its slot to the newer connection');
       assert.equal(server.connectionCount, 2);
+      const fourth = await RawClient.connect(port);
+      assert.equal((await fourth.untilClosed()).length, 0, 'no greeting while both slots serve clients');
       first.sendRequest({ type: Command.DISC });
       await first.untilClosed();
       await waitFor(() => server.connectionCount === 1, 'the slot to free');
-      const fourth = await RawClient.connect(port);
-      await fourth.readGreeting();
-      second.destroy();
-      fourth.destroy();
+      const fifth = await RawClient.connect(port);
+      await fifth.readGreeting();
+      third.destroy();
+      fifth.destroy();
     } finally {
       await server.close();
     }
+  });
+
+  it('keeps handshakes to their own few slots: the oldest gives way, attached clients stay', async () => {
+    const { server, port } = await startServer(fixture, { tls: { mode: 'off' }, maxConnections: 8, maxHandshakes: 2 });
+    try {
+      const attached = await connectReady(port, {});
+      const lingering = await Promise.all([RawClient.connect(port), RawClient.connect(port)]);
+      for (const client of lingering) await client.readGreeting();
+      const newest = await RawClient.connect(port);
+      await newest.readGreeting();
+      assert.equal((await lingering[0]!.untilClosed()).length, 0, 'the oldest handshake gave way');
+      assert.equal(lingering[1]!.isClosed, false);
+      attached.sendRequest({ type: Command.READ, offset: 0, length: 512 });
+      assert.equal((await attached.readSimpleReply()).error, 0);
+      await attached.read(512);
+      for (const client of [attached, lingering[1]!, newest]) client.destroy();
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('closes promptly after closing a client that left bytes unread: nothing waits on a timer that does not keep the process alive', async () => {
+    const result = await run(process.execPath, [path.join(__dirname, 'helpers', 'close-after-violation.js')]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(result.stdout, 'closed\n');
   });
 
   it('serves a Unix socket with the same TLS requirement, and removes the socket file on close', async () => {

@@ -2,6 +2,7 @@
 // command and its malformed forms, block status, ordering, backpressure, failed and removed
 // exports, disconnects and timeouts.
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
 import type { ImageReader } from '../../src/engine/types';
 import { Command, CommandFlag, NbdError, Option, OptionReply, ReplyFlag, ReplyType } from '../../src/nbd/wire';
@@ -232,6 +233,30 @@ describe('NBD transmission', () => {
       assert.deepEqual(await simpleRead(agreed, 1024, 512), fixture.image.subarray(1024, 1536));
       const free = await ready();
       assert.deepEqual(await simpleRead(free, 1, 100), fixture.image.subarray(1, 101));
+    });
+  });
+
+  describe('an export whose size is not a multiple of the block size', () => {
+    const UNALIGNED = '5000/vda';
+    const size = MiB + 700;
+    let tail: Buffer;
+
+    before(() => {
+      const file = path.join(fixture.dir, 'unaligned.raw');
+      tail = writePatternImage(file, size, 9);
+      fixture.registry.add({ name: UNALIGNED, file });
+    });
+
+    after(() => fixture.registry.remove(UNALIGNED));
+
+    it('serves a read ending at the export\'s end to a client that agreed to block sizes', async () => {
+      const agreed = await ready({ exportName: UNALIGNED, blockSize: true });
+      assert.deepEqual(await simpleRead(agreed, MiB, 700), tail.subarray(MiB, size));
+      assert.deepEqual(await simpleRead(agreed, MiB + 512, 188), tail.subarray(MiB + 512, size));
+      assert.equal(await simpleError(agreed, { type: Command.READ, offset: MiB, length: 699 }), NbdError.EINVAL, 'short of the end, unaligned');
+      assert.equal(await simpleError(agreed, { type: Command.READ, offset: MiB, length: 1024 }), NbdError.EINVAL, 'past the end');
+      agreed.sendRequest({ type: Command.CACHE, cookie: 5n, offset: MiB, length: 700 });
+      assert.deepEqual(await agreed.readSimpleReply(), { error: 0, cookie: 5n });
     });
   });
 
@@ -501,6 +526,60 @@ describe('NBD transmission', () => {
       assert.equal(expected.size, 0);
       await assertAlive(client);
     });
+  });
+
+  describe('stalled clients', () => {
+    const STALL_TIMEOUT_MS = 1500;
+    let stalling: Running;
+    let stallingPlain: Running;
+    /** One reply of the largest size a client may ask for, exported as LARGE. */
+    const LARGE = '4000/vda';
+    let large: Buffer;
+
+    before(async () => {
+      const file = path.join(fixture.dir, 'large.raw');
+      large = writePatternImage(file, MAX_PAYLOAD, 5);
+      fixture.registry.add({ name: LARGE, file });
+      stalling = await startServer(fixture, { stallTimeoutMs: STALL_TIMEOUT_MS });
+      stallingPlain = await startServer(fixture, { tls: { mode: 'off' }, stallTimeoutMs: STALL_TIMEOUT_MS });
+    });
+
+    after(async () => {
+      await stalling.server.close();
+      await stallingPlain.server.close();
+      fixture.registry.remove(LARGE);
+    });
+
+    /** Enough data to fill every kernel buffer between the server and the client. */
+    const REPLIES = 4;
+
+    for (const tls of [true, false]) {
+      it(`serves a slow reader that keeps taking its replies to the end, ${tls ? 'over TLS' : 'in plaintext'}`, async () => {
+        const client = await connectReady(tls ? stalling.port : stallingPlain.port, { tls: tls ? fixture.certs : null, exportName: LARGE });
+        clients.push(client);
+        // One reply that takes over twice the stall timeout to leave the server, at a rate where
+        // the kernel takes more of it well within the timeout.
+        client.throttle(6 * MiB);
+        client.sendRequest({ type: Command.READ, cookie: 1n, offset: 0, length: MAX_PAYLOAD });
+        assert.equal((await client.readSimpleReply()).error, 0);
+        assert.ok((await client.read(MAX_PAYLOAD)).equals(large), 'the reply is intact');
+        assert.deepEqual(await simpleRead(client, 4096, 16), large.subarray(4096, 4112), 'the connection lives on');
+      });
+
+      it(`cuts a client that takes nothing after the stall timeout, not twice it, ${tls ? 'over TLS' : 'in plaintext'}`, async () => {
+        const server = tls ? stalling : stallingPlain;
+        const client = await connectReady(server.port, { tls: tls ? fixture.certs : null });
+        clients.push(client);
+        client.stopReading();
+        const sent = Date.now();
+        client.sendRequests(Array.from({ length: REPLIES }, (_, i) => ({ type: Command.READ, cookie: BigInt(i), offset: 0, length: EXPORT_SIZE })));
+        // A client that reads nothing does not see the close either: the server's count says it.
+        await waitFor(() => server.server.connectionCount === 0, 'the stalled client to be cut', 10 * STALL_TIMEOUT_MS);
+        const elapsed = Date.now() - sent;
+        assert.ok(elapsed >= STALL_TIMEOUT_MS, `cut after ${elapsed} ms`);
+        assert.ok(elapsed < 2 * STALL_TIMEOUT_MS, `cut after ${elapsed} ms, not within the timeout`);
+      });
+    }
   });
 
   describe('idle timeout', () => {

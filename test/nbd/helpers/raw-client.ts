@@ -119,6 +119,25 @@ export class RawClient {
     this.socket.write(data);
   }
 
+  /** From now on takes what arrives at `bytesPerSecond` at most, steadily, as a slow consumer does. */
+  throttle(bytesPerSecond: number): void {
+    const socket = this.socket;
+    const started = Date.now();
+    let taken = 0;
+    socket.on('data', (chunk: Buffer) => {
+      taken += chunk.length;
+      const wait = started + (taken / bytesPerSecond) * 1000 - Date.now();
+      if (wait <= 0) return;
+      socket.pause();
+      setTimeout(() => socket.resume(), wait);
+    });
+  }
+
+  /** Takes nothing more of what arrives, as a consumer that hung does. */
+  stopReading(): void {
+    this.socket.pause();
+  }
+
   destroy(): void {
     this.socket.destroy();
   }
