@@ -6,6 +6,7 @@ void InitReader(Napi::Env env, Napi::Object exports);
 void InitBlockdev(Napi::Env env, Napi::Object exports);
 void InitVeeamsnap(Napi::Env env, Napi::Object exports);
 void InitSnapstorePipe(Napi::Env env, Napi::Object exports);
+void InitBlksnap(Napi::Env env, Napi::Object exports);
 }  // namespace coriolis
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -13,6 +14,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   coriolis::InitBlockdev(env, exports);
   coriolis::InitVeeamsnap(env, exports);
   coriolis::InitSnapstorePipe(env, exports);
+  coriolis::InitBlksnap(env, exports);
   return exports;
 }
 
