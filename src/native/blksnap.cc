@@ -428,10 +428,12 @@ Napi::Value DecodeEvent(Napi::Env env, const WaitEventArg& e) {
     o.Set("requestedSectors", Napi::BigInt::New(env, Load<LowFreeSpaceData>(e.data).requested_nr_sect));
   } else if (e.code == kEventCorrupted) {
     CorruptedData c = Load<CorruptedData>(e.data);
+    // The header says a negative errno; the running module sends ENOSPC positive. Either way.
+    int32_t err = c.err_code < 0 ? -c.err_code : c.err_code;
     o.Set("type", "corrupted");
     o.Set("device", FromDevId(env, c.orig_dev_id));
-    o.Set("errno", -c.err_code);
-    o.Set("code", c.err_code < 0 ? Napi::Value(Napi::String::New(env, ErrnoName(-c.err_code))) : env.Null());
+    o.Set("errno", err);
+    o.Set("code", err != 0 ? Napi::Value(Napi::String::New(env, ErrnoName(err))) : env.Null());
   } else {
     o.Set("type", "unknown");
     o.Set("code", e.code);
@@ -602,11 +604,17 @@ void DeliverEvent(Napi::Env env, Napi::Function callback, std::nullptr_t*, WaitR
 
 using EventTsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, WaitResult, DeliverEvent>;
 
-// new BlksnapEventWaiter(path, id, timeoutMs, onEvent(err, event)) starts one thread that waits
-// on the snapshot's queue through its own descriptor. The wait is bounded by timeoutMs inside
-// the kernel, so stop() is seen within that time: stop(): Promise<void> resolves once the thread
-// has ended and every event it read was delivered. The thread also ends by itself when the
+// new BlksnapEventWaiter(path, id, timeoutMs, ackDevice, onEvent(err, event)) starts one thread
+// that waits on the snapshot's queue through its own descriptor. The wait is bounded by timeoutMs
+// inside the kernel, so stop() is seen within that time: stop(): Promise<void> resolves once the
+// thread has ended and every event it read was delivered. The thread also ends by itself when the
 // snapshot is gone ('gone' event) or a wait fails (error).
+//
+// Each low-free-space event is acknowledged at once, from this thread, with an empty
+// APPEND_STORAGE on ackDevice (a device of the difference storage): the module raises the next
+// one only after that, and counts the space it asks for only per event, so any delay here lets
+// its fill overtake its count and the events stop for good (docs/blksnap.md). The event loop
+// may be busy; this thread is not.
 class EventWaiter : public Napi::ObjectWrap<EventWaiter> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -616,13 +624,14 @@ class EventWaiter : public Napi::ObjectWrap<EventWaiter> {
   explicit EventWaiter(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EventWaiter>(info) {
     Napi::Env env = info.Env();
     if (!info[0].IsString()) ThrowType(env, "path", "a string");
-    if (!info[3].IsFunction()) ThrowType(env, "onEvent", "a function");
+    if (!info[4].IsFunction()) ThrowType(env, "onEvent", "a function");
     shared_->path = info[0].As<Napi::String>();
     shared_->id = ToUuid(env, info[1], "id");
     shared_->timeout_ms = ToU32(env, info[2], "timeoutMs", 60000);
     if (shared_->timeout_ms == 0) ThrowRange(env, "timeoutMs", "at least 1");
+    shared_->ack_device = ToDevId(env, info[3], "ackDevice");
     auto shared = shared_;
-    tsfn_ = EventTsfn::New(env, info[3].As<Napi::Function>(), "coriolis:blksnap-events", 0, 1, nullptr,
+    tsfn_ = EventTsfn::New(env, info[4].As<Napi::Function>(), "coriolis:blksnap-events", 0, 1, nullptr,
                            [shared](Napi::Env env, void*, std::nullptr_t*) {
                              if (shared->thread.joinable()) shared->thread.join();
                              shared->finished = true;
@@ -639,6 +648,7 @@ class EventWaiter : public Napi::ObjectWrap<EventWaiter> {
     std::string path;
     Uuid id{};
     uint32_t timeout_ms = 0;
+    DevId ack_device{};
     std::atomic<bool> stop{false};
     std::thread thread;
     // JS thread only:
@@ -661,6 +671,7 @@ class EventWaiter : public Napi::ObjectWrap<EventWaiter> {
       int err = rc < 0 ? errno : 0;
       if (err == ENOENT || err == EINTR) continue;  // the wait timed out, or a signal woke it
       result->event = arg.Root<WaitEventArg>();
+      if (err == 0 && result->event.code == kEventLowFreeSpace) Acknowledge(fd, *shared);
       result->err = err;
       result->path = shared->path;
       if (tsfn.NonBlockingCall(result.get()) == napi_ok) result.release();  // unlimited queue
@@ -668,6 +679,16 @@ class EventWaiter : public Napi::ObjectWrap<EventWaiter> {
     }
     if (fd >= 0) ::close(fd);
     tsfn.Release();
+  }
+
+  // Re-arms the module's low-space event; it takes effect only if the storage already covers
+  // what the module asked for, else the space the engine adds next does it. Failures are left
+  // to that next append to report.
+  static void Acknowledge(int fd, const Shared& shared) {
+    auto append = Blank<AppendStorageArg>();
+    append.id = shared.id;
+    append.dev_id = shared.ack_device;
+    ::ioctl(fd, kIoctlSnapshotAppendStorage, &append);
   }
 
   Napi::Value Stop(const Napi::CallbackInfo& info) {

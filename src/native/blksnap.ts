@@ -129,13 +129,16 @@ export class BlksnapControl {
 /**
  * Reads one snapshot's event queue on a dedicated thread (the wait blocks in the kernel), each
  * wait bounded by `timeoutMs` so that stop() takes effect within that time. Events arrive in
- * order; after 'gone' or an error nothing more comes.
+ * order; after 'gone' or an error nothing more comes. The thread acknowledges each low-space
+ * event at once with an empty append on `ackDevice`, a device of the difference storage (the
+ * module needs that promptly, whatever the event loop is doing: see blksnap.cc).
  */
 export class BlksnapEventWaiter {
   private readonly waiter: NativeEventWaiter;
 
-  constructor(devicePath: string, id: Buffer, timeoutMs: number, onEvent: (err: Error | null, event?: BlksnapEvent) => void) {
-    this.waiter = new binding.BlksnapEventWaiter(devicePath, id, timeoutMs, onEvent) as NativeEventWaiter;
+  constructor(devicePath: string, id: Buffer, timeoutMs: number, ackDevice: DeviceId,
+    onEvent: (err: Error | null, event?: BlksnapEvent) => void) {
+    this.waiter = new binding.BlksnapEventWaiter(devicePath, id, timeoutMs, ackDevice, onEvent) as NativeEventWaiter;
   }
 
   /** Resolves once the thread has ended and every event it read was delivered. */

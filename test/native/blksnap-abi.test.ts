@@ -141,6 +141,10 @@ describe('blksnap argument layouts', () => {
     const corrupted = layout(4096, [[0, ID], [20, u32(1)], [24, i64(5n)], [32, devId(254, 0)], [40, i32(-28)]]);
     assert.deepEqual(decode('IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT', [corrupted]),
       { timeLabel: 5n, type: 'corrupted', device: { major: 254, minor: 0 }, errno: 28, code: 'ENOSPC' });
+    // What the running module sent on an overflow: the errno positive, not as its header says.
+    const sent = layout(4096, [[0, ID], [20, u32(1)], [24, i64(5n)], [32, devId(254, 0)], [40, i32(28)]]);
+    assert.deepEqual(decode('IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT', [sent]),
+      { timeLabel: 5n, type: 'corrupted', device: { major: 254, minor: 0 }, errno: 28, code: 'ENOSPC' });
   });
 });
 
@@ -158,7 +162,7 @@ describe('blksnap bad input is refused before the kernel sees it', () => {
 
   it('an event waiter on a missing device reports the error once and stops', { timeout: 10_000 }, async () => {
     const errors: Error[] = [];
-    const waiter = new BlksnapEventWaiter('/nonexistent/veeamblksnap', ID, 50, (err) => { if (err) errors.push(err); });
+    const waiter = new BlksnapEventWaiter('/nonexistent/veeamblksnap', ID, 50, { major: 8, minor: 0 }, (err) => { if (err) errors.push(err); });
     await waiter.stop();
     assert.equal(errors.length, 1);
     assert.equal((errors[0] as NodeJS.ErrnoException).code, 'ENOENT');
@@ -169,7 +173,7 @@ describe('blksnap bad input is refused before the kernel sees it', () => {
     const errors: string[] = [];
     let waiter!: BlksnapEventWaiter;
     await new Promise<void>((resolve) => {
-      waiter = new BlksnapEventWaiter('/dev/null', ID, 50, (err) => { errors.push((err as NodeJS.ErrnoException).code!); resolve(); });
+      waiter = new BlksnapEventWaiter('/dev/null', ID, 50, { major: 8, minor: 0 }, (err) => { errors.push((err as NodeJS.ErrnoException).code!); resolve(); });
     });
     await waiter.stop();
     await waiter.stop();
