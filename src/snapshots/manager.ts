@@ -159,7 +159,11 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     } catch (err) {
       this.options.log.error({ err, snapshot: snapshotId }, 'snapshot creation failed: rolling back');
       await this.dropSnapshot(state.snapshot(snapshotId)!);
-      throw err instanceof AgentError ? err : new AgentError('internal', `cannot create the snapshot: ${(err as Error).message}`, { cause: err });
+      if (err instanceof AgentError) throw err;
+      // The kernel holds the disk or its module holds another snapshot (blksnap keeps one at a time).
+      const code = errorCode(err);
+      if (code === 'EBUSY' || code === 'EALREADY') throw conflict(`cannot create the snapshot: ${(err as Error).message}`);
+      throw new AgentError('internal', `cannot create the snapshot: ${(err as Error).message}`, { cause: err });
     }
     return this.getSnapshot(snapshotId);
   }
