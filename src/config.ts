@@ -17,7 +17,9 @@ export const DEFAULT_SNAP_STORE_FILE_SIZE = 2 * 1024 ** 3;
 export const DEFAULT_NBD_PORT = 10809;
 export const DEFAULT_NBD_MAX_CONNECTIONS = 64;
 
-export type EngineKind = 'veeamsnap' | 'simulated';
+/** "auto": the snapshot module that is loaded (src/engine/select.ts). */
+export type EngineKind = 'auto' | 'veeamsnap' | 'blksnap' | 'simulated';
+const ENGINES: readonly EngineKind[] = ['auto', 'veeamsnap', 'blksnap', 'simulated'];
 
 /** PEM material, loaded and checked at start so a bad file never surfaces as a handshake error. */
 export interface TlsMaterial {
@@ -261,9 +263,9 @@ export function parseConfig(text: string, file: string): Config {
   }
   const top = new TableReader(file, '', raw, TOP_KEYS);
 
-  const engine = top.string('engine') ?? 'veeamsnap';
-  if (engine !== 'veeamsnap' && engine !== 'simulated') {
-    throw top.error('engine', `must be "veeamsnap" or "simulated", got ${JSON.stringify(engine)}`);
+  const engine = (top.string('engine') ?? 'auto') as EngineKind;
+  if (!ENGINES.includes(engine)) {
+    throw top.error('engine', `must be one of ${ENGINES.map((e) => `"${e}"`).join(', ')}, got ${JSON.stringify(engine)}`);
   }
   const logFile = top.absolutePath('log_file') ?? null;
 
