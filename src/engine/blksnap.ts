@@ -559,10 +559,14 @@ export class BlksnapEngine implements SnapshotEngine {
   private onEvent(handle: string, record: SnapshotRecord, event: BlksnapEvent): void {
     if (this.state?.snapshots[handle] !== record) return;
     if (event.type === 'low-free-space') {
-      // The waiter thread has already re-armed the module; here only the account is kept.
-      if (!record.creationEventSeen) record.creationEventSeen = true;
-      else record.requestedSectors += Number(event.requestedSectors);
-      this.askForSpaceIfShort(handle, record);
+      // The waiter thread has already re-armed the module; here only the account is kept. The
+      // creation request is counted at creation, which asks for space itself once it has given its own.
+      if (!record.creationEventSeen) {
+        record.creationEventSeen = true;
+      } else {
+        record.requestedSectors += Number(event.requestedSectors);
+        this.askForSpaceIfShort(handle, record);
+      }
       void this.queue.run(() => this.saveState());
     } else if (event.type === 'corrupted') {
       record.corrupted = { errno: event.errno, code: event.code ?? `E${event.errno}` };

@@ -151,7 +151,9 @@ export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>
       const second = await env.manager.createSnapshot(['disk0']);
       const incremental = await env.manager.changes(second.id, 'disk0', { previousGenerationId: generationId, previousNumber: snapshotNumber });
       assert.equal(incremental.backupType, 'incremental');
-      assert.deepEqual(incremental.ranges, [{ offset: 0, length: 256 * 1024 }, { offset: 10 * MiB, length: 512 * 1024 }]);
+      // Whole CBT blocks: the one under the first write, and those under 10 MiB + 1000 .. + 300 KiB.
+      const blocks = (bytes: number): number => Math.ceil(bytes / env!.cbtBlockSize) * env!.cbtBlockSize;
+      assert.deepEqual(incremental.ranges, [{ offset: 0, length: env.cbtBlockSize }, { offset: 10 * MiB, length: blocks(1000 + 300 * 1024) }]);
       const other = await env.manager.changes(second.id, 'disk0', { previousGenerationId: 'another', previousNumber: snapshotNumber });
       assert.equal(other.backupType, 'full');
     });
