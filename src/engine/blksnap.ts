@@ -217,6 +217,7 @@ export class BlksnapEngine implements SnapshotEngine {
       const control = this.live();
       if ((await control.trackerCollect()).some((t) => same(t.device, device))) return;
       if ((await control.snapshotCollect()).length > 0) {
+        this.untracked(device); // a device that does not exist is refused now, not when listed
         this.pending.set(key(device), { ...device });
         return;
       }
@@ -263,7 +264,12 @@ export class BlksnapEngine implements SnapshotEngine {
 
   /** What the module will report once it tracks `device`, from its parameters. */
   private untracked(device: DeviceId): TrackerInfo {
-    const sizeBytes = Number(fs.readFileSync(`/sys/dev/block/${key(device)}/size`, 'utf8').trim()) * SECTOR;
+    let sizeBytes: number;
+    try {
+      sizeBytes = Number(fs.readFileSync(`/sys/dev/block/${key(device)}/size`, 'utf8').trim()) * SECTOR;
+    } catch {
+      throw new EngineError('ENODEV', 'startTracking', `no block device ${key(device)}`);
+    }
     const param = (name: string, fallback: number): number => {
       const value = Number(this.readParam(name));
       return Number.isInteger(value) && value > 0 ? value : fallback;
