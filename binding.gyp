@@ -9,7 +9,8 @@
         "src/native/blockdev.cc",
         "src/native/veeamsnap.cc",
         "src/native/snapstore_pipe.cc",
-        "src/native/process.cc"
+        "src/native/process.cc",
+        "src/native/blksnap.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "_GNU_SOURCE", "_FILE_OFFSET_BITS=64"],

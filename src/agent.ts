@@ -13,6 +13,8 @@ import { openDatabase } from './db/database';
 import { AgentState } from './db/state';
 import { SimulatedEngine } from './engine/simulated';
 import type { SnapshotEngine } from './engine/types';
+import { BlksnapEngine } from './engine/blksnap';
+import { otherModuleLoaded, selectEngine, type EngineModule } from './engine/select';
 import { VeeamsnapEngine } from './engine/veeamsnap';
 import { SqliteExportRegistry } from './exports/registry';
 import { reopenLogFile, type Logger } from './log';
@@ -134,13 +136,20 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
 
     let engine: SnapshotEngine;
     let source: DiskSource;
+    let engineModule: EngineModule | null = null;
     if (config.engine === 'simulated') {
       const simulated = new SimulatedEngine({ disks: config.simulated.disks, stateDir: engineStateDir(config) });
       await simulated.start();
       engine = simulated;
       source = new SimulatedDiskCatalog(simulated.disks(), { log });
     } else {
-      engine = new VeeamsnapEngine({ stateDir: engineStateDir(config) });
+      engineModule = await selectEngine(config.engine);
+      log.info({ engine: engineModule.engine, module: engineModule.module, moduleVersion: engineModule.version }, 'snapshot engine selected');
+      const other = config.engine === 'auto' ? null : otherModuleLoaded(engineModule.engine);
+      if (other !== null) log.warn({ module: other }, `${other} is loaded too: two snapshot modules on the same disks interfere; unload it`);
+      engine = engineModule.engine === 'blksnap'
+        ? new BlksnapEngine({ stateDir: engineStateDir(config) })
+        : new VeeamsnapEngine({ stateDir: engineStateDir(config) });
       await engine.start();
       source = new DiskCatalog({ log, destinations: config.snapstoreDestinations });
     }
@@ -156,7 +165,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
       destinations: config.snapstoreDestinations,
       configMappings: config.snapstoreMappings,
       autoInitPhysicalDisks: config.autoInitPhysicalDisks,
-      requireBlockDevices: config.engine === 'veeamsnap',
+      requireBlockDevices: engine.kind !== 'simulated',
       bootId: currentBootId(),
     });
     await inventory.start();
@@ -184,6 +193,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
       listLocations: () => inventory.listLocations(),
       listMappings: () => inventory.listMappings(),
       createMapping: (diskId, location) => inventory.createMapping(diskId, location),
+      engineInfo: () => ({ engine: engine.kind, module: engineModule?.module ?? null, moduleVersion: engineModule?.version ?? null }),
     };
 
     // One budget for both doors, and the reader threads' I/O priority: see "Protecting the workload".

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ConfigError, type Config } from './config';
+import { DEFAULT_BLKSNAP_CONTROL_DEVICE } from './native/blksnap';
 import { DEFAULT_CONTROL_DEVICE } from './native/veeamsnap';
 
 /** The directories the systemd unit creates for the service (RuntimeDirectory=, LogsDirectory=). */
@@ -84,14 +85,23 @@ export function checkEnvironment(config: Config): CheckReport {
   config.snapstoreDestinations.forEach((destination, index) => {
     fail(`snapstore_destinations[${index}]`, accessProblem(destination, fs.constants.W_OK | fs.constants.X_OK));
   });
-  if (config.engine === 'veeamsnap') {
-    const control = accessProblem(DEFAULT_CONTROL_DEVICE, fs.constants.R_OK | fs.constants.W_OK);
-    fail('engine', control !== null && !exists(DEFAULT_CONTROL_DEVICE)
-      ? `${DEFAULT_CONTROL_DEVICE} does not exist: is the veeamsnap module loaded (modprobe veeamsnap)?` : control);
-    config.snapstoreMappings.forEach((mapping, index) => {
-      const device = `/dev/${mapping.device}`;
-      fail(`snapstore_mapping[${index}].device`, exists(device) ? accessProblem(device, fs.constants.R_OK) : `no disk ${mapping.device} on this machine (${device} does not exist)`);
-    });
+  if (config.engine === 'simulated') return report;
+  // The control device of each module the engine may run; with auto, the ones that are loaded.
+  const controls = { veeamsnap: DEFAULT_CONTROL_DEVICE, blksnap: DEFAULT_BLKSNAP_CONTROL_DEVICE } as const;
+  const candidates = config.engine === 'auto'
+    ? Object.values(controls).filter(exists)
+    : [controls[config.engine]];
+  if (candidates.length === 0) {
+    report.notes.push(`engine: no snapshot module is loaded now (neither ${controls.veeamsnap} nor ${controls.blksnap}); auto will try modprobe at start`);
   }
+  for (const control of candidates) {
+    const problem = accessProblem(control, fs.constants.R_OK | fs.constants.W_OK);
+    fail('engine', problem !== null && !exists(control)
+      ? `${control} does not exist: is the ${config.engine} module loaded? (see the README, "Kernel module")` : problem);
+  }
+  config.snapstoreMappings.forEach((mapping, index) => {
+    const device = `/dev/${mapping.device}`;
+    fail(`snapstore_mapping[${index}].device`, exists(device) ? accessProblem(device, fs.constants.R_OK) : `no disk ${mapping.device} on this machine (${device} does not exist)`);
+  });
   return report;
 }

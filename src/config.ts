@@ -23,7 +23,9 @@ export type LogLevel = typeof LOG_LEVELS[number];
 export const DEFAULT_SHUTDOWN_GRACE_SECONDS = 20;
 export const MAX_SHUTDOWN_GRACE_SECONDS = 3600;
 
-export type EngineKind = 'veeamsnap' | 'simulated';
+/** "auto": the snapshot module that is loaded (src/engine/select.ts). */
+export type EngineKind = 'auto' | 'veeamsnap' | 'blksnap' | 'simulated';
+const ENGINES: readonly EngineKind[] = ['auto', 'veeamsnap', 'blksnap', 'simulated'];
 
 /** PEM material, loaded and checked at start so a bad file never surfaces as a handshake error. */
 export interface TlsMaterial {
@@ -300,9 +302,9 @@ export function parseConfig(text: string, file: string): Config {
   }
   const top = new TableReader(file, '', raw, TOP_KEYS);
 
-  const engine = top.string('engine') ?? 'veeamsnap';
-  if (engine !== 'veeamsnap' && engine !== 'simulated') {
-    throw top.error('engine', `must be "veeamsnap" or "simulated", got ${JSON.stringify(engine)}`);
+  const engine = (top.string('engine') ?? 'auto') as EngineKind;
+  if (!ENGINES.includes(engine)) {
+    throw top.error('engine', `must be one of ${ENGINES.map((e) => `"${e}"`).join(', ')}, got ${JSON.stringify(engine)}`);
   }
   const logFile = top.absolutePath('log_file') ?? null;
   const logLevel = top.string('log_level') ?? 'info';

@@ -119,4 +119,6 @@ export interface AgentService {
   listLocations(): Promise<LocationInfo[]>;
   listMappings(): Promise<MappingInfo[]>;
   createMapping(trackedDiskId: string, locationPath: string): Promise<MappingInfo>;
+  /** Which snapshot engine runs, on which kernel module and version (for systeminfo). */
+  engineInfo?(): { engine: string; module: string | null; moduleVersion: string | null };
 }

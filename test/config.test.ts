@@ -68,7 +68,7 @@ database_file = "${dir}/agent.db"
 device = "vda"
 location = "${destination}"
 `), FILE);
-    assert.equal(config.engine, 'veeamsnap');
+    assert.equal(config.engine, 'auto', 'the loaded module decides by default');
     assert.equal(config.logFile, `${dir}/log/agent.log`);
     assert.equal(config.databaseFile, `${dir}/agent.db`);
     assert.deepEqual(config.snapstoreDestinations, [destination]);
@@ -162,7 +162,7 @@ describe('config: every mistake is refused, naming the file and the key', () => 
     rejects(validToml().replace(`snapstore_destinations = ["${destination}"]`, 'snapstore_destinations = [1]'), 'snapstore_destinations[0]', /must be a string/);
     rejects(validToml('api = 3').replace(/\[api\][\s\S]*/, ''), 'api', /must be a table/);
     rejects(validToml('snapstore_mapping = "vda"'), 'snapstore_mapping', /array of tables/);
-    rejects(validToml('engine = "kernel"'), 'engine', /"veeamsnap" or "simulated"/);
+    rejects(validToml('engine = "kernel"'), 'engine', /one of "auto", "veeamsnap", "blksnap", "simulated"/);
   });
 
   test('sizes must be positive integers', () => {
@@ -246,7 +246,7 @@ describe('config: the shipped sample', () => {
     fs.writeFileSync(disk, Buffer.alloc(4096));
     const everything = local(sample)
       .replace(/^#(\w+ = )/gm, '$1')
-      .replace('engine = "veeamsnap"', 'engine = "simulated"')
+      .replace('engine = "auto"', 'engine = "simulated"')
       .replace('allowed_clients = ["CN=coriolis", "sha256:AB:CD:..."]', 'allowed_clients = ["CN=coriolis"]')
       .replace('bind = "<the [api] bind address>"', 'bind = "127.0.0.1"')
       // NBD's own allow-list goes with a CA of its own.

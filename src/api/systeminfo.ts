@@ -205,8 +205,13 @@ export async function collectSystemInfo(service: AgentService, log: Logger, sour
     network_interfaces: interfaces,
     disks: disks.map((entry) => diskToJSON(entry.disk, entry.trackingId ?? undefined)),
     os_info: { platform: 'linux', ...parseOsRelease(osRelease ?? '') },
+    ...(service.engineInfo === undefined ? {} : { snapshot_engine: snakeEngine(service.engineInfo()) }),
     hostname: os.hostname(),
     firmware_type: efi ? 'efi' : 'bios',
     agent_version: VERSION,
   };
+}
+
+function snakeEngine(info: { engine: string; module: string | null; moduleVersion: string | null }) {
+  return { engine: info.engine, module: info.module, module_version: info.moduleVersion };
 }

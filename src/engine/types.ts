@@ -102,7 +102,7 @@ export interface ImageReader {
 }
 
 export interface SnapshotEngine {
-  readonly kind: 'veeamsnap' | 'simulated';
+  readonly kind: 'veeamsnap' | 'blksnap' | 'simulated';
   /** Prepares the engine (kernel entries, control device); idempotent. */
   start(): Promise<void>;
   /** Releases file descriptors and threads; kernel state is left as it is. */

@@ -7,6 +7,7 @@ void InitBlockdev(Napi::Env env, Napi::Object exports);
 void InitVeeamsnap(Napi::Env env, Napi::Object exports);
 void InitSnapstorePipe(Napi::Env env, Napi::Object exports);
 void InitProcess(Napi::Env env, Napi::Object exports);
+void InitBlksnap(Napi::Env env, Napi::Object exports);
 }  // namespace coriolis
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -15,6 +16,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   coriolis::InitVeeamsnap(env, exports);
   coriolis::InitSnapstorePipe(env, exports);
   coriolis::InitProcess(env, exports);
+  coriolis::InitBlksnap(env, exports);
   return exports;
 }
 

@@ -203,8 +203,11 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       this.options.log.error({ err, snapshot: snapshotId }, 'snapshot creation failed: rolling back');
       await this.rollBack(snapshotId);
       if (err instanceof AgentError) throw err;
+      const code = errorCode(err);
+      // The kernel holds the disk or its module holds another snapshot (blksnap keeps one at a time).
+      if (code === 'EBUSY' || code === 'EALREADY') throw conflict(`cannot create the snapshot: the kernel answers ${code}: the disk or the snapshot module is busy with another snapshot`);
       // The raw message may name snapstore files: it stays in the log, the client gets the errno.
-      throw new AgentError('internal', `cannot create the snapshot: ${errorCode(err) ?? 'internal error'}, see the agent log`, { cause: err });
+      throw new AgentError('internal', `cannot create the snapshot: ${code ?? 'internal error'}, see the agent log`, { cause: err });
     }
     this.options.log.info({ snapshot: snapshotId, disks: diskIds }, 'snapshot created');
     for (const row of state.exportsOf(snapshotId)) this.options.log.info({ snapshot: snapshotId, export: row.name, httpPath: row.httpPath }, 'export published');

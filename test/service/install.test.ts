@@ -129,13 +129,13 @@ describe('start failures', () => {
   test('without the module, check-config names the control device and the disks that do not exist', { skip: fs.existsSync('/dev/veeamsnap') && 'the module is loaded here', timeout: 60_000 }, async (t) => {
     const s = await scratch();
     t.after(() => s.remove());
-    const veeamsnap = fs.readFileSync(s.configFile, 'utf8').replace('engine = "simulated"', '').replace(/\[simulated\][\s\S]*$/, '')
+    const veeamsnap = fs.readFileSync(s.configFile, 'utf8').replace('engine = "simulated"', 'engine = "veeamsnap"').replace(/\[simulated\][\s\S]*$/, '')
       .replaceAll('device = "disk0"', 'device = "nosuchdisk0"').replaceAll('device = "disk1"', 'device = "nosuchdisk1"');
     fs.writeFileSync(s.configFile, veeamsnap);
     const result = cli(['check-config', '--config', s.configFile]);
     assert.equal(result.status, 2);
     assert.deepEqual(message(result.stderr), [
-      `coriolis-snapshot-agent: config ${s.configFile}: engine: /dev/veeamsnap does not exist: is the veeamsnap module loaded (modprobe veeamsnap)?`,
+      `coriolis-snapshot-agent: config ${s.configFile}: engine: /dev/veeamsnap does not exist: is the veeamsnap module loaded? (see the README, "Kernel module")`,
       `coriolis-snapshot-agent: config ${s.configFile}: snapstore_mapping[0].device: no disk nosuchdisk0 on this machine (/dev/nosuchdisk0 does not exist)`,
       `coriolis-snapshot-agent: config ${s.configFile}: snapstore_mapping[1].device: no disk nosuchdisk1 on this machine (/dev/nosuchdisk1 does not exist)`,
     ]);

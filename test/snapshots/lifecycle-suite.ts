@@ -50,7 +50,7 @@ async function assertNothingLeft(e: LifecycleEnv): Promise<void> {
 }
 
 /** Wraps an engine so that one method fails, the way a kernel error would. */
-function failing(method: keyof SnapshotEngine, after = 0) {
+function failing(method: keyof SnapshotEngine, after = 0, code = 'EIO') {
   return (engine: SnapshotEngine): SnapshotEngine => {
     let calls = 0;
     return new Proxy(engine, {
@@ -58,7 +58,7 @@ function failing(method: keyof SnapshotEngine, after = 0) {
         const value = Reflect.get(target, property, receiver);
         if (property !== method || typeof value !== 'function') return typeof value === 'function' ? value.bind(target) : value;
         return (...args: unknown[]) => {
-          if (calls++ >= after) return Promise.reject(Object.assign(new Error(`injected ${String(method)} failure`), { code: 'EIO' }));
+          if (calls++ >= after) return Promise.reject(Object.assign(new Error(`injected ${String(method)} failure`), { code }));
           return value.apply(target, args);
         };
       },
@@ -116,7 +116,7 @@ export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>
       for (const volume of snapshot.volumes) {
         assert.equal(volume.snapshotNumber, 1);
         assert.equal(volume.sizeBytes, env.diskSize);
-        assert.equal(volume.cbtBlockSize, 256 * 1024);
+        assert.equal(volume.cbtBlockSize, env.cbtBlockSize);
       }
       assert.deepEqual(snapshot.exports.map((x) => x.nbdExportName), [`${snapshot.id}/disk0`, `${snapshot.id}/disk1`]);
       const stores = await env.manager.listSnapstores();
@@ -156,7 +156,7 @@ export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>
       env = await lifecycleEnvOn();
       const first = await env.manager.createSnapshot(['disk0']);
       const full = await env.manager.changes(first.id, 'disk0', {});
-      assert.deepEqual(full, { trackedDiskId: 'disk0', snapshotId: first.id, cbtBlockSize: 256 * 1024, backupType: 'full', ranges: [{ offset: 0, length: env.diskSize }] });
+      assert.deepEqual(full, { trackedDiskId: 'disk0', snapshotId: first.id, cbtBlockSize: env.cbtBlockSize, backupType: 'full', ranges: [{ offset: 0, length: env.diskSize }] });
       const { generationId, snapshotNumber } = first.volumes[0]!;
       await env.manager.deleteSnapshot(first.id);
 
@@ -165,9 +165,17 @@ export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>
       const second = await env.manager.createSnapshot(['disk0']);
       const incremental = await env.manager.changes(second.id, 'disk0', { previousGenerationId: generationId, previousNumber: snapshotNumber });
       assert.equal(incremental.backupType, 'incremental');
-      assert.deepEqual(incremental.ranges, [{ offset: 0, length: 256 * 1024 }, { offset: 10 * MiB, length: 512 * 1024 }]);
+      // Whole CBT blocks: the one under the first write, and those under 10 MiB + 1000 .. + 300 KiB.
+      const blocks = (bytes: number): number => Math.ceil(bytes / env!.cbtBlockSize) * env!.cbtBlockSize;
+      assert.deepEqual(incremental.ranges, [{ offset: 0, length: env.cbtBlockSize }, { offset: 10 * MiB, length: blocks(1000 + 300 * 1024) }]);
       const other = await env.manager.changes(second.id, 'disk0', { previousGenerationId: 'another', previousNumber: snapshotNumber });
       assert.equal(other.backupType, 'full');
+    });
+
+    test('a module busy with another snapshot is a conflict, and nothing is left', TIMEOUT, async () => {
+      env = await lifecycleEnvOn({ wrapEngine: failing('createSnapshot', 0, 'EBUSY') });
+      await assert.rejects(env.manager.createSnapshot(['disk0']), rejectsWith('conflict', /EBUSY/));
+      await assertNothingLeft(env);
     });
 
     test('a failure in the kernel snapshot rolls everything back, snapstores and files included', TIMEOUT, async () => {

@@ -36,6 +36,11 @@ export function veeamsnapLoaded(): boolean {
   return process.env.RUN_IN_VM === '1' && !!process.env.VEEAMSNAP_KO;
 }
 
+/** Inside the VM: whether run.ts loaded bdevfilter.ko and veeamblksnap.ko (BLKSNAP_KO is then its host path). */
+export function blksnapLoaded(): boolean {
+  return process.env.RUN_IN_VM === '1' && !!process.env.BLKSNAP_KO;
+}
+
 /** Inside the VM: the guest device of each disk of VM_DISK_LAYOUT, from VM_DISKS. */
 export function guestDisks(): Array<VmDiskSpec & { device: string }> {
   const devices = (process.env.VM_DISKS ?? '').split(/\s+/).filter(Boolean);
@@ -99,16 +104,26 @@ function findTestFiles(dir: string): string[] {
   return out.sort();
 }
 
-/** VEEAMSNAP_KO: unset or empty = engine tests skipped; set = must be a readable file. */
-function findModule(): string | undefined {
-  const ko = process.env.VEEAMSNAP_KO;
+/** A module file named by `variable`: unset or empty = its tests skipped; set = must be a readable file. */
+function findModule(variable = 'VEEAMSNAP_KO'): string | undefined {
+  const ko = process.env[variable];
   if (!ko) return undefined;
   const resolved = path.resolve(ko);
   if (!fs.existsSync(resolved) || !fs.statSync(resolved).isFile()) {
-    throw new UsageError(`VEEAMSNAP_KO=${ko}: no such file (unset VEEAMSNAP_KO to run without veeamsnap)`);
+    throw new UsageError(`${variable}=${ko}: no such file (unset ${variable} to run without it)`);
   }
-  if (/\s/.test(resolved)) throw new UsageError(`VEEAMSNAP_KO=${ko}: run-in-vm cannot insmod a path with spaces`);
+  if (/\s/.test(resolved)) throw new UsageError(`${variable}=${ko}: run-in-vm cannot insmod a path with spaces`);
   return resolved;
+}
+
+/** blksnap needs both of its modules; its default parameters make the small test snapstores ask for space every MiB. */
+const DEFAULT_BLKSNAP_PARAMS = 'diff_storage_minimum=2048';
+function findBlksnapModules(): { blksnap: string; bdevfilter: string } | undefined {
+  const blksnap = findModule('BLKSNAP_KO');
+  const bdevfilter = findModule('BDEVFILTER_KO');
+  if (!blksnap && !bdevfilter) return undefined;
+  if (!blksnap || !bdevfilter) throw new UsageError('BLKSNAP_KO (veeamblksnap.ko) and BDEVFILTER_KO (bdevfilter.ko) go together');
+  return { blksnap, bdevfilter };
 }
 
 /** The kernel release a .ko was built for, from the vermagic string in its .modinfo section. */
@@ -128,6 +143,8 @@ async function main(argv: string[]): Promise<number> {
   const repoRoot = findRepoRoot(__dirname);
   const runInVm = findRunInVm(repoRoot);
   const ko = findModule();
+  const blksnap = findBlksnapModules();
+  if (ko && blksnap) throw new UsageError('VEEAMSNAP_KO and BLKSNAP_KO: one snapshot module per run (both on the same disks would interfere)');
 
   // Optional arguments select test files by substring: `npm run test:vm -- smoke`.
   const all = findTestFiles(__dirname);
@@ -153,7 +170,7 @@ async function main(argv: string[]): Promise<number> {
 
     // The kernel to boot: VM_KERNEL, else the one the module was built for, else run-in-vm's
     // default (the newest installed).
-    const kernel = process.env.VM_KERNEL || (ko ? moduleKernel(ko) : undefined);
+    const kernel = process.env.VM_KERNEL || (ko ? moduleKernel(ko) : blksnap ? moduleKernel(blksnap.blksnap) : undefined);
     const args = ['--timeout', timeout, '--mem', mem, '--share', repoRoot, '--cwd', repoRoot];
     if (kernel) args.push('--kernel-version', kernel);
     if (process.env.VERBOSE === '1') args.push('-v');
@@ -164,16 +181,22 @@ async function main(argv: string[]): Promise<number> {
     } else {
       log('VEEAMSNAP_KO not set: the veeamsnap engine tests are skipped (kernel nbd-client tests still run)');
     }
+    if (blksnap) {
+      const params = process.env.BLKSNAP_PARAMS?.trim() || DEFAULT_BLKSNAP_PARAMS;
+      args.push('--insmod', blksnap.bdevfilter, '--insmod', `${blksnap.blksnap} ${params}`);
+    } else {
+      log('BLKSNAP_KO/BDEVFILTER_KO not set: the blksnap engine tests are skipped');
+    }
     // Always explicit: the host environment is forwarded to the guest, and a VEEAMSNAP_KO
     // that was not loaded must not reach the tests.
-    args.push('--env', `VEEAMSNAP_KO=${ko ?? ''}`);
+    args.push('--env', `VEEAMSNAP_KO=${ko ?? ''}`, '--env', `BLKSNAP_KO=${blksnap?.blksnap ?? ''}`);
     args.push('--env', `VM_ORIGIN_DISKS=${devs('origin')}`, '--env', `VM_STORE_DISK=${devs('store')}`);
     args.push('--', process.execPath, '--test', '--test-reporter=spec', '--test-concurrency=1',
       ...files.map((f) => path.relative(repoRoot, f)));
 
     if (process.env.VERBOSE === '1') log(`running: ${[runInVm, ...args].map(shellQuote).join(' ')}`);
     log(`${files.length} test file(s), disks ${VM_DISK_LAYOUT.map((d) => `${d.name}=${d.sizeBytes / MiB}MiB`).join(' ')}` +
-      `, veeamsnap ${ko ?? 'not loaded'}, kernel ${kernel ?? 'newest installed'}, timeout ${timeout} s`);
+      `, veeamsnap ${ko ?? 'not loaded'}, blksnap ${blksnap?.blksnap ?? 'not loaded'}, kernel ${kernel ?? 'newest installed'}, timeout ${timeout} s`);
 
     const started = Date.now();
     const child = spawn(runInVm, args, { cwd: repoRoot, stdio: ['ignore', 'inherit', 'inherit'] });

@@ -21,6 +21,8 @@ export interface LifecycleEnv {
   dir: string;
   location: string;
   diskSize: number;
+  /** The CBT block size the engine reports for the disks. */
+  cbtBlockSize: number;
   disks: Array<{ id: string; path: string }>;
   engine: SnapshotEngine;
   state: AgentState;
@@ -69,6 +71,8 @@ export interface Machine {
   newEngine(): Promise<SnapshotEngine>;
   /** The device number of each disk, as the engine names it. */
   devices(engine: SnapshotEngine): DeviceId[];
+  /** The CBT block size the engine reports for these disks, when not 256 KiB (blksnap: 64 KiB). */
+  cbtBlockSize?: number;
   dispose(): Promise<void>;
 }
 
@@ -136,7 +140,7 @@ export async function lifecycleEnv(options: EnvOptions = {}): Promise<LifecycleE
     env.state.db.close();
   };
   const env = {
-    dir: machine.stateDir, location, diskSize: machine.diskSize,
+    dir: machine.stateDir, location, diskSize: machine.diskSize, cbtBlockSize: machine.cbtBlockSize ?? 256 * 1024,
     disks: machine.disks.map((p, index) => ({ id: `disk${index}`, path: p })),
     ...(await open()),
     async restart(wrap?: (engine: SnapshotEngine) => SnapshotEngine) {

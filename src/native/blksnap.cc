@@ -1,0 +1,735 @@
+// The blksnap v1 control device (/dev/veeamblksnap): each ioctl the engine uses, run on the
+// libuv pool and returned as a Promise; the snapshot event queue, whose wait blocks in the
+// kernel, read by one dedicated thread per snapshot; and the encode/decode entries that the
+// golden-byte tests drive. Real calls and tests share one encoder and one decoder per ioctl.
+// Layouts and numbers: blksnap_abi.h, described in docs/blksnap.md.
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "blksnap_abi.h"
+#include "errors.h"
+#include "veeamsnap_abi.h"  // QueueSyscall and Fd, shared by every control device
+
+namespace coriolis::blksnap {
+namespace {
+
+using veeamsnap::Fd;
+using veeamsnap::QueueSyscall;
+
+// ---- JavaScript values -> ABI fields ---------------------------------------------------------
+
+[[noreturn]] void ThrowType(Napi::Env env, const std::string& what, const char* expected) {
+  throw Napi::TypeError::New(env, what + " must be " + expected);
+}
+[[noreturn]] void ThrowRange(Napi::Env env, const std::string& what, const char* expected) {
+  throw Napi::RangeError::New(env, what + " must be " + expected);
+}
+
+Napi::Object ToObject(Napi::Env env, Napi::Value v, const std::string& what) {
+  if (!v.IsObject()) ThrowType(env, what, "an object");
+  return v.As<Napi::Object>();
+}
+
+uint32_t ToU32(Napi::Env env, Napi::Value v, const std::string& what, double limit = 4294967295.0) {
+  if (!v.IsNumber()) ThrowType(env, what, "a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= limit && std::trunc(d) == d)) ThrowRange(env, what, "an integer in range");
+  return static_cast<uint32_t>(d);
+}
+
+uint64_t ToU64(Napi::Env env, Napi::Value v, const std::string& what) {
+  if (v.IsBigInt()) {
+    bool lossless = false;
+    uint64_t x = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) ThrowRange(env, what, "an unsigned 64-bit integer");
+    return x;
+  }
+  if (v.IsNumber()) {
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d >= 0 && d <= 9007199254740991.0 && std::trunc(d) == d)) ThrowRange(env, what, "a non-negative safe integer");
+    return static_cast<uint64_t>(d);
+  }
+  ThrowType(env, what, "a bigint or a number");
+}
+
+DevId ToDevId(Napi::Env env, Napi::Value v, const std::string& what) {
+  Napi::Object o = ToObject(env, v, what);
+  return DevId{ToU32(env, o.Get("major"), what + ".major", kMaxMajor - 1),
+               ToU32(env, o.Get("minor"), what + ".minor", kMaxMinor - 1)};
+}
+
+Uuid ToUuid(Napi::Env env, Napi::Value v, const std::string& what) {
+  if (!v.IsBuffer() || v.As<Napi::Buffer<uint8_t>>().Length() != sizeof(Uuid)) ThrowType(env, what, "a 16-byte Buffer");
+  Uuid id;
+  std::memcpy(id.b, v.As<Napi::Buffer<uint8_t>>().Data(), sizeof id.b);
+  return id;
+}
+
+Napi::Object FromDevId(Napi::Env env, const DevId& d) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("major", d.mj);
+  o.Set("minor", d.mn);
+  return o;
+}
+
+Napi::Buffer<uint8_t> FromUuid(Napi::Env env, const Uuid& id) {
+  return Napi::Buffer<uint8_t>::Copy(env, id.b, sizeof id.b);
+}
+
+template <typename T>
+T Load(const uint8_t* p) {
+  T value;
+  std::memcpy(&value, p, sizeof value);
+  return value;
+}
+
+// ---- An ioctl argument and the user buffers its pointer fields refer to ----------------------
+
+// In test encodings pointer fields hold this tag | the index of the block they point to.
+constexpr uint64_t kPointerPlaceholder = 0x5054520000000000;
+
+class Arg {
+ public:
+  struct Pointer {
+    size_t block;
+    size_t offset;
+    size_t target;
+  };
+  size_t Add(const void* data, size_t size) {
+    const uint8_t* p = static_cast<const uint8_t*>(data);
+    blocks_.emplace_back(p, p + size);
+    return blocks_.size() - 1;
+  }
+  template <typename T>
+  size_t Add(const T& value) {
+    return Add(&value, sizeof value);
+  }
+  size_t AddZeroed(size_t size) {
+    blocks_.emplace_back(size, 0);
+    return blocks_.size() - 1;
+  }
+  // The u64 at `offset` of `block` holds the address of block `target`.
+  void Point(size_t block, size_t offset, size_t target) { pointers_.push_back({block, offset, target}); }
+  void Link() {
+    for (const Pointer& p : pointers_) Store(p, reinterpret_cast<uintptr_t>(blocks_[p.target].data()));
+  }
+  void LinkPlaceholders() {
+    for (const Pointer& p : pointers_) Store(p, kPointerPlaceholder | p.target);
+  }
+  uint8_t* Data(size_t block) { return blocks_[block].data(); }
+  const std::vector<uint8_t>& Block(size_t block) const { return blocks_.at(block); }
+  size_t BlockCount() const { return blocks_.size(); }
+  const std::vector<Pointer>& Pointers() const { return pointers_; }
+  template <typename T>
+  T Root() const {
+    return Load<T>(blocks_.at(0).data());
+  }
+
+ private:
+  void Store(const Pointer& p, uint64_t value) { std::memcpy(blocks_[p.block].data() + p.offset, &value, 8); }
+  std::vector<std::vector<uint8_t>> blocks_;
+  std::vector<Pointer> pointers_;
+};
+
+struct Call {
+  Arg arg;
+  long rc = 0;  // the ioctl's return value (a byte count for the CBT map read)
+};
+
+struct IoctlDef {
+  const char* name;
+  uint32_t request;
+  size_t size;
+  Arg (*encode)(Napi::Env env, Napi::Object args);
+  int (*run)(int fd, const IoctlDef& def, Call& call);  // pool thread; 0 or errno
+  Napi::Value (*decode)(Napi::Env env, const Call& call);
+};
+
+// ---- Encoders (JS thread) --------------------------------------------------------------------
+
+// A struct with its padding zeroed: aggregate initialisation leaves padding bytes undefined, and
+// they would reach the kernel.
+template <typename T>
+T Blank() {
+  T value;
+  std::memset(&value, 0, sizeof value);
+  return value;
+}
+
+template <typename T>
+Arg EncodeOutput(Napi::Env, Napi::Object) {
+  Arg arg;
+  arg.AddZeroed(sizeof(T));
+  return arg;
+}
+
+Arg EncodeDevice(Napi::Env env, Napi::Object args) {
+  Arg arg;
+  arg.Add(TrackerRemoveArg{ToDevId(env, args.Get("device"), "device")});
+  return arg;
+}
+
+Arg EncodeSnapshotId(Napi::Env env, Napi::Object args) {
+  Arg arg;
+  arg.Add(SnapshotIdArg{ToUuid(env, args.Get("id"), "id")});
+  return arg;
+}
+
+Arg EncodeTrackerCollect(uint32_t capacity) {
+  auto a = Blank<TrackerCollectArg>();
+  a.count = capacity;
+  Arg arg;
+  arg.Add(a);
+  if (capacity > 0) arg.Point(0, offsetof(TrackerCollectArg, cbt_info_array), arg.AddZeroed(size_t{capacity} * sizeof(CbtInfo)));
+  return arg;
+}
+
+Arg EncodeSnapshotCollect(uint32_t capacity) {
+  auto a = Blank<SnapshotCollectArg>();
+  a.count = capacity;
+  Arg arg;
+  arg.Add(a);
+  if (capacity > 0) arg.Point(0, offsetof(SnapshotCollectArg, ids), arg.AddZeroed(size_t{capacity} * sizeof(Uuid)));
+  return arg;
+}
+
+Arg EncodeCollectImages(const Uuid& id, uint32_t capacity) {
+  auto a = Blank<CollectImagesArg>();
+  a.id = id;
+  a.count = capacity;
+  Arg arg;
+  arg.Add(a);
+  if (capacity > 0) {
+    arg.Point(0, offsetof(CollectImagesArg, image_info_array), arg.AddZeroed(size_t{capacity} * sizeof(ImageInfo)));
+  }
+  return arg;
+}
+
+uint32_t Capacity(Napi::Env env, Napi::Object args) {
+  return args.Has("capacity") ? ToU32(env, args.Get("capacity"), "capacity", 1 << 20) : 0;
+}
+
+Arg EncodeTrackerCollectJs(Napi::Env env, Napi::Object args) { return EncodeTrackerCollect(Capacity(env, args)); }
+Arg EncodeSnapshotCollectJs(Napi::Env env, Napi::Object args) { return EncodeSnapshotCollect(Capacity(env, args)); }
+Arg EncodeCollectImagesJs(Napi::Env env, Napi::Object args) {
+  return EncodeCollectImages(ToUuid(env, args.Get("id"), "id"), Capacity(env, args));
+}
+
+Arg EncodeReadCbtMap(Napi::Env env, Napi::Object args) {
+  ReadCbtMapArg a{ToDevId(env, args.Get("device"), "device"), ToU32(env, args.Get("offset"), "offset"),
+                  ToU32(env, args.Get("length"), "length", 1 << 30), 0};
+  Arg arg;
+  arg.Add(a);
+  arg.Point(0, offsetof(ReadCbtMapArg, buff), arg.AddZeroed(a.length));
+  return arg;
+}
+
+Arg EncodeSnapshotCreate(Napi::Env env, Napi::Object args) {
+  Napi::Value v = args.Get("devices");
+  if (!v.IsArray()) ThrowType(env, "devices", "an array of {major, minor}");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<DevId> devices;
+  for (uint32_t i = 0; i < a.Length(); i++) devices.push_back(ToDevId(env, a.Get(i), "devices[" + std::to_string(i) + "]"));
+  auto create = Blank<SnapshotCreateArg>();
+  create.count = static_cast<uint32_t>(devices.size());
+  Arg arg;
+  arg.Add(create);
+  arg.Point(0, offsetof(SnapshotCreateArg, dev_id_array), arg.Add(devices.data(), devices.size() * sizeof(DevId)));
+  return arg;
+}
+
+// An empty range list is valid: the module then only re-checks its low-space flag.
+Arg EncodeAppendStorage(Napi::Env env, Napi::Object args) {
+  Napi::Value v = args.Get("ranges");
+  if (!v.IsArray()) ThrowType(env, "ranges", "an array of {sectorOffset, sectorCount}");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<SectorRange> ranges;
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    std::string what = "ranges[" + std::to_string(i) + "]";
+    Napi::Object r = ToObject(env, a.Get(i), what);
+    SectorRange range{ToU64(env, r.Get("sectorOffset"), what + ".sectorOffset"),
+                      ToU64(env, r.Get("sectorCount"), what + ".sectorCount")};
+    if (range.sector_count == 0 || range.sector_offset + range.sector_count < range.sector_offset) {
+      ThrowRange(env, what, "a non-empty span within 0..2^64-1 sectors");
+    }
+    ranges.push_back(range);
+  }
+  auto append = Blank<AppendStorageArg>();
+  append.id = ToUuid(env, args.Get("id"), "id");
+  append.dev_id = ToDevId(env, args.Get("device"), "device");
+  append.count = static_cast<uint32_t>(ranges.size());
+  Arg arg;
+  arg.Add(append);
+  arg.Point(0, offsetof(AppendStorageArg, ranges), arg.Add(ranges.data(), ranges.size() * sizeof(SectorRange)));
+  return arg;
+}
+
+Arg EncodeWaitEvent(const Uuid& id, uint32_t timeout_ms) {
+  Arg arg;
+  arg.AddZeroed(sizeof(WaitEventArg));
+  std::memcpy(arg.Data(0) + offsetof(WaitEventArg, id), &id, sizeof id);
+  std::memcpy(arg.Data(0) + offsetof(WaitEventArg, timeout_ms), &timeout_ms, sizeof timeout_ms);
+  return arg;
+}
+
+Arg EncodeWaitEventJs(Napi::Env env, Napi::Object args) {
+  return EncodeWaitEvent(ToUuid(env, args.Get("id"), "id"), ToU32(env, args.Get("timeoutMs"), "timeoutMs"));
+}
+
+// ---- Runners (pool thread) -------------------------------------------------------------------
+
+int RunOnce(int fd, uint32_t request, Call& call) {
+  call.arg.Link();
+  call.rc = ::ioctl(fd, request, call.arg.Data(0));
+  return call.rc < 0 ? errno : 0;
+}
+
+int RunSingle(int fd, const IoctlDef& def, Call& call) { return RunOnce(fd, def.request, call); }
+
+// The enumerations are two-phase: a null array asks for the count, then the fetch. A count
+// that grew in between fails the fetch (ENOBUFS for trackers, ENODATA for snapshots and
+// images), so a bounded number of rounds counts again.
+constexpr int kEnumerationRounds = 8;
+
+template <typename Root, Arg (*Encode)(uint32_t)>
+int RunEnumeration(int fd, const IoctlDef& def, Call& call, int too_small) {
+  int err = 0;
+  for (int round = 0; round < kEnumerationRounds; round++) {
+    call.arg = Encode(0);
+    if ((err = RunOnce(fd, def.request, call)) != 0) return err;
+    uint32_t count = call.arg.Root<Root>().count;
+    if (count == 0) return 0;
+    call.arg = Encode(count);
+    err = RunOnce(fd, def.request, call);
+    if (err != too_small) return err;
+  }
+  return err;
+}
+
+int RunTrackerCollect(int fd, const IoctlDef& def, Call& call) {
+  return RunEnumeration<TrackerCollectArg, EncodeTrackerCollect>(fd, def, call, ENOBUFS);
+}
+int RunSnapshotCollect(int fd, const IoctlDef& def, Call& call) {
+  return RunEnumeration<SnapshotCollectArg, EncodeSnapshotCollect>(fd, def, call, ENODATA);
+}
+int RunCollectImages(int fd, const IoctlDef& def, Call& call) {
+  Uuid id = call.arg.Root<CollectImagesArg>().id;
+  int err = 0;
+  for (int round = 0; round < kEnumerationRounds; round++) {
+    call.arg = EncodeCollectImages(id, 0);
+    if ((err = RunOnce(fd, def.request, call)) != 0) return err;
+    uint32_t count = call.arg.Root<CollectImagesArg>().count;
+    if (count == 0) return 0;
+    call.arg = EncodeCollectImages(id, count);
+    err = RunOnce(fd, def.request, call);
+    if (err != ENODATA) return err;
+  }
+  return err;
+}
+
+// ---- Decoders (JS thread) --------------------------------------------------------------------
+
+Napi::Value DecodeNothing(Napi::Env env, const Call&) { return env.Undefined(); }
+
+Napi::Value DecodeVersion(Napi::Env env, const Call& call) {
+  VersionArg v = call.arg.Root<VersionArg>();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("major", v.major);
+  o.Set("minor", v.minor);
+  o.Set("revision", v.revision);
+  o.Set("build", v.build);
+  return o;
+}
+
+Napi::Value DecodeMod(Napi::Env env, const Call& call) {
+  ModArg m = call.arg.Root<ModArg>();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("compatibilityFlags", Napi::BigInt::New(env, m.compatibility_flags));
+  o.Set("name", std::string(reinterpret_cast<const char*>(m.name), strnlen(reinterpret_cast<const char*>(m.name), kModNameLimit)));
+  return o;
+}
+
+// Checks that `count` records of `size` bytes fit in block 1 before reading them.
+const uint8_t* Records(Napi::Env env, const Call& call, uint32_t count, size_t size) {
+  if (count == 0) return nullptr;
+  if (call.arg.BlockCount() < 2 || call.arg.Block(1).size() < size_t{count} * size) {
+    throw Napi::RangeError::New(env, "record count exceeds the record buffer");
+  }
+  return call.arg.Block(1).data();
+}
+
+Napi::Value DecodeTrackerCollect(Napi::Env env, const Call& call) {
+  uint32_t count = call.arg.Root<TrackerCollectArg>().count;
+  const uint8_t* p = Records(env, call, count, sizeof(CbtInfo));
+  Napi::Array out = Napi::Array::New(env, count);
+  for (uint32_t i = 0; i < count; i++) {
+    CbtInfo info = Load<CbtInfo>(p + i * sizeof(CbtInfo));
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("device", FromDevId(env, info.dev_id));
+    o.Set("blockSize", info.blk_size);
+    o.Set("capacityBytes", Napi::BigInt::New(env, info.device_capacity));
+    o.Set("blockCount", info.blk_count);
+    o.Set("generationId", FromUuid(env, info.generation_id));
+    o.Set("snapNumber", info.snap_number);
+    out.Set(i, o);
+  }
+  return out;
+}
+
+// The return value is the number of bytes copied; a short count is the caller's to judge.
+Napi::Value DecodeReadCbtMap(Napi::Env env, const Call& call) {
+  size_t n = std::min<size_t>(std::max<long>(call.rc, 0), call.arg.Block(1).size());
+  return Napi::Buffer<uint8_t>::Copy(env, call.arg.Block(1).data(), n);
+}
+
+Napi::Value DecodeSnapshotCreate(Napi::Env env, const Call& call) {
+  return FromUuid(env, call.arg.Root<SnapshotCreateArg>().id);
+}
+
+Napi::Value DecodeSnapshotCollect(Napi::Env env, const Call& call) {
+  uint32_t count = call.arg.Root<SnapshotCollectArg>().count;
+  const uint8_t* p = Records(env, call, count, sizeof(Uuid));
+  Napi::Array out = Napi::Array::New(env, count);
+  for (uint32_t i = 0; i < count; i++) out.Set(i, FromUuid(env, Load<Uuid>(p + i * sizeof(Uuid))));
+  return out;
+}
+
+Napi::Value DecodeCollectImages(Napi::Env env, const Call& call) {
+  uint32_t count = call.arg.Root<CollectImagesArg>().count;
+  const uint8_t* p = Records(env, call, count, sizeof(ImageInfo));
+  Napi::Array out = Napi::Array::New(env, count);
+  for (uint32_t i = 0; i < count; i++) {
+    ImageInfo info = Load<ImageInfo>(p + i * sizeof(ImageInfo));
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("original", FromDevId(env, info.orig_dev_id));
+    o.Set("image", FromDevId(env, info.image_dev_id));
+    out.Set(i, o);
+  }
+  return out;
+}
+
+// {type: 'low-free-space', requestedSectors} | {type: 'corrupted', device, errno, code} |
+// {type: 'unknown', code}; every one with timeLabel (kernel ktime, ns).
+Napi::Value DecodeEvent(Napi::Env env, const WaitEventArg& e) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("timeLabel", Napi::BigInt::New(env, e.time_label));
+  if (e.code == kEventLowFreeSpace) {
+    o.Set("type", "low-free-space");
+    o.Set("requestedSectors", Napi::BigInt::New(env, Load<LowFreeSpaceData>(e.data).requested_nr_sect));
+  } else if (e.code == kEventCorrupted) {
+    CorruptedData c = Load<CorruptedData>(e.data);
+    // The header says a negative errno; the running module sends ENOSPC positive. Either way.
+    int32_t err = c.err_code < 0 ? -c.err_code : c.err_code;
+    o.Set("type", "corrupted");
+    o.Set("device", FromDevId(env, c.orig_dev_id));
+    o.Set("errno", err);
+    o.Set("code", err != 0 ? Napi::Value(Napi::String::New(env, ErrnoName(err))) : env.Null());
+  } else {
+    o.Set("type", "unknown");
+    o.Set("code", e.code);
+  }
+  return o;
+}
+
+Napi::Value DecodeWaitEvent(Napi::Env env, const Call& call) { return DecodeEvent(env, call.arg.Root<WaitEventArg>()); }
+
+const IoctlDef kIoctls[] = {
+    {"IOCTL_BLK_SNAP_VERSION", kIoctlVersion, sizeof(VersionArg), EncodeOutput<VersionArg>, RunSingle, DecodeVersion},
+    {"IOCTL_BLK_SNAP_TRACKER_REMOVE", kIoctlTrackerRemove, sizeof(TrackerRemoveArg), EncodeDevice, RunSingle,
+     DecodeNothing},
+    {"IOCTL_BLK_SNAP_TRACKER_COLLECT", kIoctlTrackerCollect, sizeof(TrackerCollectArg), EncodeTrackerCollectJs,
+     RunTrackerCollect, DecodeTrackerCollect},
+    {"IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP", kIoctlTrackerReadCbtMap, sizeof(ReadCbtMapArg), EncodeReadCbtMap,
+     RunSingle, DecodeReadCbtMap},
+    {"IOCTL_BLK_SNAP_SNAPSHOT_CREATE", kIoctlSnapshotCreate, sizeof(SnapshotCreateArg), EncodeSnapshotCreate,
+     RunSingle, DecodeSnapshotCreate},
+    {"IOCTL_BLK_SNAP_SNAPSHOT_DESTROY", kIoctlSnapshotDestroy, sizeof(SnapshotIdArg), EncodeSnapshotId, RunSingle,
+     DecodeNothing},
+    {"IOCTL_BLK_SNAP_SNAPSHOT_APPEND_STORAGE", kIoctlSnapshotAppendStorage, sizeof(AppendStorageArg),
+     EncodeAppendStorage, RunSingle, DecodeNothing},
+    {"IOCTL_BLK_SNAP_SNAPSHOT_TAKE", kIoctlSnapshotTake, sizeof(SnapshotIdArg), EncodeSnapshotId, RunSingle,
+     DecodeNothing},
+    {"IOCTL_BLK_SNAP_SNAPSHOT_COLLECT", kIoctlSnapshotCollect, sizeof(SnapshotCollectArg), EncodeSnapshotCollectJs,
+     RunSnapshotCollect, DecodeSnapshotCollect},
+    {"IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES", kIoctlSnapshotCollectImages, sizeof(CollectImagesArg),
+     EncodeCollectImagesJs, RunCollectImages, DecodeCollectImages},
+    {"IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT", kIoctlSnapshotWaitEvent, sizeof(WaitEventArg), EncodeWaitEventJs,
+     RunSingle, DecodeWaitEvent},
+    {"IOCTL_BLK_SNAP_MOD", kIoctlMod, sizeof(ModArg), EncodeOutput<ModArg>, RunSingle, DecodeMod},
+};
+
+const IoctlDef* FindIoctl(Napi::Env env, Napi::Value name) {
+  if (!name.IsString()) ThrowType(env, "name", "a string");
+  std::string s = name.As<Napi::String>();
+  for (const IoctlDef& def : kIoctls) {
+    if (s == def.name) return &def;
+  }
+  throw Napi::TypeError::New(env, "unknown blksnap ioctl " + s);
+}
+
+Napi::Object ArgsObject(Napi::Env env, Napi::Value v) {
+  return v.IsUndefined() ? Napi::Object::New(env) : ToObject(env, v, "args");
+}
+
+// ---- Test entries ----------------------------------------------------------------------------
+
+// blksnapEncode(name, args) -> {request, blocks: Buffer[], pointers: {block, offset, target}[]}
+Napi::Value Encode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const IoctlDef* def = FindIoctl(env, info[0]);
+  Arg arg = def->encode(env, ArgsObject(env, info[1]));
+  arg.LinkPlaceholders();
+  Napi::Array blocks = Napi::Array::New(env, arg.BlockCount());
+  for (size_t i = 0; i < arg.BlockCount(); i++) blocks.Set(i, Napi::Buffer<uint8_t>::Copy(env, arg.Data(i), arg.Block(i).size()));
+  Napi::Array pointers = Napi::Array::New(env, arg.Pointers().size());
+  for (size_t i = 0; i < arg.Pointers().size(); i++) {
+    Napi::Object p = Napi::Object::New(env);
+    p.Set("block", arg.Pointers()[i].block);
+    p.Set("offset", arg.Pointers()[i].offset);
+    p.Set("target", arg.Pointers()[i].target);
+    pointers.Set(i, p);
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("request", def->request);
+  out.Set("blocks", blocks);
+  out.Set("pointers", pointers);
+  return out;
+}
+
+// blksnapDecode(name, blocks: Buffer[], returnValue = 0): what the call would resolve with, had
+// the kernel left these bytes in its argument and buffers.
+Napi::Value Decode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const IoctlDef* def = FindIoctl(env, info[0]);
+  if (!info[1].IsArray()) ThrowType(env, "blocks", "an array of Buffers");
+  Napi::Array blocks = info[1].As<Napi::Array>();
+  Call call;
+  for (uint32_t i = 0; i < blocks.Length(); i++) {
+    Napi::Value b = blocks.Get(i);
+    if (!b.IsBuffer()) ThrowType(env, "blocks", "an array of Buffers");
+    call.arg.Add(b.As<Napi::Buffer<uint8_t>>().Data(), b.As<Napi::Buffer<uint8_t>>().Length());
+  }
+  if (call.arg.BlockCount() == 0 || call.arg.Block(0).size() != def->size) {
+    throw Napi::RangeError::New(env, "blocks[0] must have the argument's size");
+  }
+  call.rc = info[2].IsUndefined() ? 0 : static_cast<long>(ToU32(env, info[2], "returnValue"));
+  return def->decode(env, call);
+}
+
+// ---- The control handle ----------------------------------------------------------------------
+
+// new BlksnapControlHandle(path); open(): Promise<void>; ioctl(name, args): Promise<result>;
+// close(): void (calls in flight keep the descriptor until they finish).
+class ControlHandle : public Napi::ObjectWrap<ControlHandle> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "BlksnapControlHandle",
+                       {InstanceMethod("open", &ControlHandle::Open), InstanceMethod("ioctl", &ControlHandle::Ioctl),
+                        InstanceMethod("close", &ControlHandle::Close)});
+  }
+
+  explicit ControlHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ControlHandle>(info) {
+    if (!info[0].IsString()) ThrowType(info.Env(), "path", "a string");
+    path_ = info[0].As<Napi::String>();
+  }
+
+ private:
+  Napi::Value Open(const Napi::CallbackInfo& info) {
+    auto opened = std::make_shared<std::shared_ptr<Fd>>();
+    std::string path = path_;
+    return QueueSyscall(
+        info.Env(), "open", path_,
+        [opened, path] {
+          int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+          if (fd < 0) return errno;
+          *opened = std::make_shared<Fd>(fd);
+          return 0;
+        },
+        [opened, slot = slot_](Napi::Env env) {
+          *slot = *opened;
+          return env.Undefined();
+        });
+  }
+
+  Napi::Value Ioctl(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const IoctlDef* def = FindIoctl(env, info[0]);
+    auto call = std::make_shared<Call>();
+    call->arg = def->encode(env, ArgsObject(env, info[1]));
+    std::shared_ptr<Fd> fd = *slot_;
+    return QueueSyscall(
+        env, def->name, path_, [def, call, fd] { return fd ? def->run(fd->fd, *def, *call) : EBADF; },
+        [def, call](Napi::Env env) { return def->decode(env, *call); });
+  }
+
+  void Close(const Napi::CallbackInfo&) { slot_->reset(); }
+
+  std::string path_;
+  std::shared_ptr<std::shared_ptr<Fd>> slot_ = std::make_shared<std::shared_ptr<Fd>>();
+};
+
+// ---- The event waiter ------------------------------------------------------------------------
+
+// What one wait produced, carried to the JS thread: an event, the snapshot's end (ESRCH), or a
+// failure.
+struct WaitResult {
+  WaitEventArg event;
+  int err;
+  std::string path;
+};
+
+void DeliverEvent(Napi::Env env, Napi::Function callback, std::nullptr_t*, WaitResult* data) {
+  std::unique_ptr<WaitResult> result(data);
+  if (env == nullptr) return;
+  if (result->err == 0) {
+    callback.Call({env.Null(), DecodeEvent(env, result->event)});
+  } else if (result->err == ESRCH) {  // the snapshot is gone: its queue with it
+    Napi::Object gone = Napi::Object::New(env);
+    gone.Set("type", "gone");
+    callback.Call({env.Null(), gone});
+  } else {
+    callback.Call({ErrnoError(env, result->err, "IOCTL_BLK_SNAP_SNAPSHOT_WAIT_EVENT", result->path).Value()});
+  }
+}
+
+using EventTsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, WaitResult, DeliverEvent>;
+
+// new BlksnapEventWaiter(path, id, timeoutMs, ackDevice, onEvent(err, event)) starts one thread
+// that waits on the snapshot's queue through its own descriptor. The wait is bounded by timeoutMs
+// inside the kernel, so stop() is seen within that time: stop(): Promise<void> resolves once the
+// thread has ended and every event it read was delivered. The thread also ends by itself when the
+// snapshot is gone ('gone' event) or a wait fails (error).
+//
+// Each low-free-space event is acknowledged at once, from this thread, with an empty
+// APPEND_STORAGE on ackDevice (a device of the difference storage): the module raises the next
+// one only after that, and counts the space it asks for only per event, so any delay here lets
+// its fill overtake its count and the events stop for good (docs/blksnap.md). The event loop
+// may be busy; this thread is not.
+class EventWaiter : public Napi::ObjectWrap<EventWaiter> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "BlksnapEventWaiter", {InstanceMethod("stop", &EventWaiter::Stop)});
+  }
+
+  explicit EventWaiter(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EventWaiter>(info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsString()) ThrowType(env, "path", "a string");
+    if (!info[4].IsFunction()) ThrowType(env, "onEvent", "a function");
+    shared_->path = info[0].As<Napi::String>();
+    shared_->id = ToUuid(env, info[1], "id");
+    shared_->timeout_ms = ToU32(env, info[2], "timeoutMs", 60000);
+    if (shared_->timeout_ms == 0) ThrowRange(env, "timeoutMs", "at least 1");
+    shared_->ack_device = ToDevId(env, info[3], "ackDevice");
+    auto shared = shared_;
+    tsfn_ = EventTsfn::New(env, info[4].As<Napi::Function>(), "coriolis:blksnap-events", 0, 1, nullptr,
+                           [shared](Napi::Env env, void*, std::nullptr_t*) {
+                             if (shared->thread.joinable()) shared->thread.join();
+                             shared->finished = true;
+                             for (auto& deferred : shared->stops) deferred.Resolve(env.Undefined());
+                             shared->stops.clear();
+                           });
+    shared_->thread = std::thread(Loop, shared_, tsfn_);
+  }
+
+  ~EventWaiter() override { shared_->stop.store(true); }
+
+ private:
+  struct Shared {
+    std::string path;
+    Uuid id{};
+    uint32_t timeout_ms = 0;
+    DevId ack_device{};
+    std::atomic<bool> stop{false};
+    std::thread thread;
+    // JS thread only:
+    bool finished = false;
+    std::vector<Napi::Promise::Deferred> stops;
+  };
+
+  static void Loop(std::shared_ptr<Shared> shared, EventTsfn tsfn) {
+    int fd = ::open(shared->path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+      auto result = std::make_unique<WaitResult>();
+      result->err = errno;
+      result->path = shared->path;
+      if (tsfn.NonBlockingCall(result.get()) == napi_ok) result.release();
+    }
+    while (fd >= 0 && !shared->stop.load()) {
+      auto result = std::make_unique<WaitResult>();
+      Arg arg = EncodeWaitEvent(shared->id, shared->timeout_ms);
+      int rc = ::ioctl(fd, kIoctlSnapshotWaitEvent, arg.Data(0));
+      int err = rc < 0 ? errno : 0;
+      if (err == ENOENT || err == EINTR) continue;  // the wait timed out, or a signal woke it
+      result->event = arg.Root<WaitEventArg>();
+      if (err == 0 && result->event.code == kEventLowFreeSpace) Acknowledge(fd, *shared);
+      result->err = err;
+      result->path = shared->path;
+      if (tsfn.NonBlockingCall(result.get()) == napi_ok) result.release();  // unlimited queue
+      if (err != 0) break;
+    }
+    if (fd >= 0) ::close(fd);
+    tsfn.Release();
+  }
+
+  // Re-arms the module's low-space event; it takes effect only if the storage already covers
+  // what the module asked for, else the space the engine adds next does it. Failures are left
+  // to that next append to report.
+  static void Acknowledge(int fd, const Shared& shared) {
+    auto append = Blank<AppendStorageArg>();
+    append.id = shared.id;
+    append.dev_id = shared.ack_device;
+    ::ioctl(fd, kIoctlSnapshotAppendStorage, &append);
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    auto deferred = Napi::Promise::Deferred::New(env);
+    shared_->stop.store(true);
+    if (shared_->finished) deferred.Resolve(env.Undefined());
+    else shared_->stops.push_back(deferred);
+    return deferred.Promise();
+  }
+
+  std::shared_ptr<Shared> shared_ = std::make_shared<Shared>();
+  EventTsfn tsfn_;
+};
+
+}  // namespace
+
+void Register(Napi::Env env, Napi::Object exports) {
+  Napi::Object requests = Napi::Object::New(env);
+  Napi::Object sizes = Napi::Object::New(env);
+  for (const IoctlDef& def : kIoctls) {
+    requests.Set(def.name, def.request);
+    sizes.Set(def.name, def.size);
+  }
+  sizes.Set("DevId", sizeof(DevId));
+  sizes.Set("SectorRange", sizeof(SectorRange));
+  sizes.Set("CbtInfo", sizeof(CbtInfo));
+  sizes.Set("ImageInfo", sizeof(ImageInfo));
+  sizes.Set("LowFreeSpaceData", sizeof(LowFreeSpaceData));
+  sizes.Set("CorruptedData", sizeof(CorruptedData));
+  exports.Set("blksnapRequests", requests);
+  exports.Set("blksnapSizes", sizes);
+  exports.Set("blksnapPointerPlaceholder", Napi::BigInt::New(env, kPointerPlaceholder));
+  exports.Set("blksnapEncode", Napi::Function::New(env, Encode, "blksnapEncode"));
+  exports.Set("blksnapDecode", Napi::Function::New(env, Decode, "blksnapDecode"));
+  exports.Set("BlksnapControlHandle", ControlHandle::Define(env));
+  exports.Set("BlksnapEventWaiter", EventWaiter::Define(env));
+}
+
+}  // namespace coriolis::blksnap
+
+namespace coriolis {
+void InitBlksnap(Napi::Env env, Napi::Object exports) { blksnap::Register(env, exports); }
+}  // namespace coriolis
