@@ -152,7 +152,7 @@ function bootModuleFiles(release: string, names: string[]): string[] {
       throw new VmError(`kernel ${release} has no module ${name}, built in or loadable`);
     }
     if (order.includes(entry.file)) return;
-    // modules.dep lists every dependency; the last listed is loaded first.
+    // Dependencies first, each after its own.
     for (const dep of [...entry.deps].reverse()) visit(moduleName(dep));
     order.push(entry.file);
   };
@@ -198,12 +198,21 @@ export function shellQuote(word: string): string {
   return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
 }
 
+/** Whether an ELF64 program asks for a dynamic loader (has a PT_INTERP program header). */
+function isDynamic(elf: Buffer): boolean {
+  const PT_INTERP = 3;
+  const table = Number(elf.readBigUInt64LE(0x20));
+  const entrySize = elf.readUInt16LE(0x36);
+  for (let i = 0; i < elf.readUInt16LE(0x38); i++) {
+    if (elf.readUInt32LE(table + i * entrySize) === PT_INTERP) return true;
+  }
+  return false;
+}
+
 function findStaticBusybox(): string {
-  for (const candidate of ['/bin/busybox', '/usr/bin/busybox', '/usr/lib/busybox-static/busybox']) {
-    if (!fs.existsSync(candidate)) continue;
+  for (const candidate of ['/bin/busybox', '/usr/bin/busybox']) {
     // The initramfs has no C library: a dynamic busybox cannot run there.
-    const elf = fs.readFileSync(candidate);
-    if (!elf.includes('/lib64/ld-linux') && !elf.includes('/lib/ld-linux')) return candidate;
+    if (fs.existsSync(candidate) && !isDynamic(fs.readFileSync(candidate))) return candidate;
   }
   throw new VmError('no static busybox: apt-get install busybox-static');
 }
@@ -283,7 +292,8 @@ function commandScript(command: string[], cwd: string, env: Record<string, strin
 
 /** The host environment, minus the host session's own variables, plus `extra`. */
 function guestEnvironment(extra: Record<string, string>): Record<string, string> {
-  const env: Record<string, string> = {};
+  // No udev in the guest: libdevmapper (dmsetup, lvm) must make its /dev/mapper nodes itself.
+  const env: Record<string, string> = { DM_DISABLE_UDEV: '1' };
   for (const [name, value] of Object.entries(process.env)) {
     if (value !== undefined && /^[A-Za-z_]\w*$/.test(name) && !HOST_ONLY_ENV.test(name)) env[name] = value;
   }
