@@ -13,6 +13,8 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { test } from 'node:test';
 import { generateCertificates } from '../../src/certs';
+import { VeeamsnapEngine } from '../../src/engine/veeamsnap';
+import type { SnapshotEngine } from '../../src/engine/types';
 import { Command } from '../../src/nbd/wire';
 import { findCommand } from '../native/helpers/loop';
 import { connectReady, run } from '../nbd/helpers/server';
@@ -78,6 +80,26 @@ function step(message: string): void {
   process.stderr.write(`agent.test: ${new Date().toISOString().slice(11, 19)} ${message}\n`);
 }
 
+/** The engine the agent drives, for the test's own cleanup. */
+function engineFor(kind: string, stateDir: string): SnapshotEngine {
+  if (kind === 'veeamsnap') return new VeeamsnapEngine({ stateDir });
+  throw new Error(`agent.test.ts cannot clean up after engine ${kind}: add it to engineFor()`);
+}
+
+/**
+ * The agent leaves its trackers in the kernel on purpose (they outlive it); the test files that
+ * run next in this VM expect untracked disks.
+ */
+async function stopAllTracking(stateDir: string): Promise<void> {
+  const engine = engineFor(ENGINE, stateDir);
+  await engine.start();
+  try {
+    for (const tracker of await engine.listTrackers()) await engine.stopTracking(tracker.device);
+  } finally {
+    await engine.close();
+  }
+}
+
 interface Agent {
   child: ChildProcess;
   stderr: () => string;
@@ -131,6 +153,9 @@ test(`the whole agent (${ENGINE}) serves a live ext4 disk's snapshots over HTTPS
       writer.kill('SIGKILL');
       await writerStopped;
     });
+
+    // Runs once the agent has stopped (cleanup goes in reverse).
+    undo.push(() => stopAllTracking(path.join(dir, 'cleanup-engine')));
 
     const certs = path.join(dir, 'certs');
     const certFiles = await generateCertificates({ outDir: certs });
