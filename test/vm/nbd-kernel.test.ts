@@ -1,4 +1,4 @@
-// The Linux kernel NBD client against our server (inside run-in-vm): nbd-client attaches an
+// The Linux kernel NBD client against our server (inside the VM): nbd-client attaches an
 // export to /dev/nbd0, over TLS with client certificates (nbd-client then runs a userspace TLS
 // proxy and hands the kernel a socketpair) and in plaintext on loopback; the device reads back
 // the image byte for byte, is read-only, and detaches cleanly. The kernel never negotiates

@@ -1,4 +1,4 @@
-// Disk discovery with real device-mapper, md and LVM stacking (inside run-in-vm): a snapstore
+// Disk discovery with real device-mapper, md and LVM stacking (inside the VM): a snapstore
 // destination on an LV of a VG on an md RAID1 of two partitioned disks excludes both disks; swap
 // on dm hides a disk that holds nothing else; the virtio disks are listed as physical disks.
 import assert from 'node:assert/strict';
