@@ -1,7 +1,7 @@
 // Golden-byte tests of the veeamsnap ioctl ABI: request numbers, packed sizes and every
-// argument layout the addon passes to the kernel, against numbers typed from
-// /work/shared/spec/veeamsnap-abi.md (§2.0.1 request table, §2.1-2.20 layout tables,
-// Appendix C). The addon's encoder is the one the real calls use; pointer fields hold
+// argument layout the addon passes to the kernel, against numbers typed from the module's
+// ioctl header (github.com/veeam/veeamsnap: request table and argument layouts) and checked on
+// a running module. The addon's encoder is the one the real calls use; pointer fields hold
 // veeamsnapPointerPlaceholder | <index of the block they point to>.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
