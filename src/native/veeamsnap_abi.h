@@ -1,8 +1,8 @@
 // The veeamsnap userspace ABI (module 5.0.2 to 13.1): request numbers, byte-packed argument
 // layouts, the snapstore pipe's messages and events. Source of truth: the module's ioctl
 // header (github.com/veeam/veeamsnap) and what a running module 13.1.0.252 showed, which wins.
-// Every size and key offset below is static_asserted against them, because a natural-alignment layout silently gives
-// another request number (ENOTTY) or garbage.
+// Every size and key offset below is static_asserted against them, because a natural-alignment
+// layout silently gives another request number (ENOTTY) or garbage.
 #pragma once
 
 #include <napi.h>
