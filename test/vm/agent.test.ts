@@ -13,8 +13,10 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { test } from 'node:test';
 import { generateCertificates } from '../../src/certs';
-import { VeeamsnapEngine } from '../../src/engine/veeamsnap';
+import { BlksnapEngine } from '../../src/engine/blksnap';
+import { selectEngine } from '../../src/engine/select';
 import type { SnapshotEngine } from '../../src/engine/types';
+import { VeeamsnapEngine } from '../../src/engine/veeamsnap';
 import { Command } from '../../src/nbd/wire';
 import { findCommand } from '../native/helpers/loop';
 import { connectReady, run } from '../nbd/helpers/server';
@@ -81,8 +83,10 @@ function step(message: string): void {
 }
 
 /** The engine the agent drives, for the test's own cleanup. */
-function engineFor(kind: string, stateDir: string): SnapshotEngine {
-  if (kind === 'veeamsnap') return new VeeamsnapEngine({ stateDir });
+async function engineFor(kind: string, stateDir: string): Promise<SnapshotEngine> {
+  const chosen = kind === 'auto' ? (await selectEngine('auto')).engine : kind;
+  if (chosen === 'veeamsnap') return new VeeamsnapEngine({ stateDir });
+  if (chosen === 'blksnap') return new BlksnapEngine({ stateDir });
   throw new Error(`agent.test.ts cannot clean up after engine ${kind}: add it to engineFor()`);
 }
 
@@ -91,7 +95,7 @@ function engineFor(kind: string, stateDir: string): SnapshotEngine {
  * run next in this VM expect untracked disks.
  */
 async function stopAllTracking(stateDir: string): Promise<void> {
-  const engine = engineFor(ENGINE, stateDir);
+  const engine = await engineFor(ENGINE, stateDir);
   await engine.start();
   try {
     for (const tracker of await engine.listTrackers()) await engine.stopTracking(tracker.device);
