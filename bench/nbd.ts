@@ -15,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { silentLogger } from '../src/log';
+import { silentLogger } from '../src/core/log';
 import { createNbdServer } from '../src/nbd/server';
 import { makeTestCerts, type TestCerts } from '../test/helpers/certs';
 import { FakeExportRegistry } from '../test/nbd/helpers/fake-registry';

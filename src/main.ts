@@ -3,20 +3,20 @@
 // an error with the usage text, never a silently ignored flag. A failure is one line on
 // stderr: exit status 2 for bad usage or configuration, 1 for anything else.
 // The Node check comes before every other import: on an old Node they fail with a stack trace.
-import { exitOnUnsupportedNode } from './startup';
+import { exitOnUnsupportedNode } from './agent/startup';
 exitOnUnsupportedNode();
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { lookupUser } from './accounts';
-import { runAgent } from './agent';
-import { GEN_CERTS_USAGE, genCertsCommand } from './certs';
-import { checkEnvironment } from './checks';
-import { ConfigError, DEFAULT_CONFIG_FILE, loadConfig, type Config } from './config';
-import { DEMO_USAGE, demoCommand } from './demo';
-import { createLogger } from './log';
-import { StartupError } from './startup';
-import { VERSION } from './version';
+import { lookupUser } from './cli/accounts';
+import { runAgent } from './agent/start';
+import { GEN_CERTS_USAGE, genCertsCommand } from './cli/gen-certs';
+import { checkEnvironment } from './cli/check-config';
+import { ConfigError, DEFAULT_CONFIG_FILE, loadConfig, type Config } from './config/config';
+import { DEMO_USAGE, demoCommand } from './cli/demo';
+import { createLogger } from './core/log';
+import { StartupError } from './agent/startup';
+import { VERSION } from './core/version';
 
 const NAME = 'coriolis-snapshot-agent';
 
@@ -83,7 +83,7 @@ function checkConfigAsUser(user: string, file: string): number {
     throw new UsageError(`--as-user: ${(err as Error).message}`);
   }
   process.stdout.write(`checking as ${account.name} (uid ${account.uid}, gid ${account.gid}, with its groups)\n`);
-  const child = spawnSync(process.execPath, [path.join(__dirname, 'as-user.js'), account.name, String(account.uid), String(account.gid),
+  const child = spawnSync(process.execPath, [path.join(__dirname, 'cli', 'as-user.js'), account.name, String(account.uid), String(account.gid),
     'check-config', '--config', file], { stdio: 'inherit' });
   if (child.error !== undefined) throw child.error;
   return child.status ?? 1;

@@ -3,11 +3,11 @@
 // everything else.
 import type Router from '@koa/router';
 import Koa, { type Context, type Middleware } from 'koa';
-import type { Logger } from '../log';
-import { observeHttpRequest } from '../metrics';
+import type { Logger } from '../core/log';
+import { observeHttpRequest } from '../metrics/metrics';
 import type { AgentService } from '../service';
 import { DEFAULT_BODY_LIMIT } from './body';
-import { clientIdentity } from '../client-identity';
+import { clientIdentity } from '../doors/allow-list';
 import { ClientGoneError, DEFAULT_CONSUME_OPTIONS, type ConsumeOptions } from './consume';
 import type { HealthProbes } from './health';
 import { errorResponse, HttpError, methodNotAllowed, routeNotFound } from './errors';

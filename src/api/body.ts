@@ -3,7 +3,7 @@
 // says (the original README's own example sends "application-json"), except for what cannot
 // be JSON text at all: compressed bodies, other charsets, multipart.
 import type { Context } from 'koa';
-import { invalid } from '../errors';
+import { invalid } from '../core/errors';
 import { ClientGoneError } from './consume';
 import { HttpError } from './errors';
 import type { BodyFields } from './params';

@@ -18,11 +18,11 @@ import type { ServerResponse } from 'node:http';
 import type { RouterMiddleware } from '@koa/router';
 import rangeParser from 'range-parser';
 import type { ByteRange, ImageReader } from '../engine/types';
-import { AgentError, isAgentError } from '../errors';
-import { countServedBytes } from '../metrics';
+import { AgentError, isAgentError } from '../core/errors';
+import { countServedBytes } from '../metrics/metrics';
 import type { AgentService } from '../service';
 import { recycleReadBuffer } from '../native/reader';
-import { ReadCancelledError, throttle, type ReadLimits } from '../throttle';
+import { ReadCancelledError, throttle, type ReadLimits } from '../doors/limits';
 import { HttpError } from './errors';
 
 export interface ConsumeOptions {

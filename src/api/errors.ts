@@ -1,7 +1,7 @@
 // The one place where failures become HTTP statuses and the {error, details} body of the wire
 // contract (agent-reference 1.2). Handlers throw; nothing else sets an error status.
 import http from 'node:http';
-import { isAgentError, type ErrorKind } from '../errors';
+import { isAgentError, type ErrorKind } from '../core/errors';
 
 /** A refusal that only exists at the HTTP edge (oversized body, unsatisfiable range, unknown route...). */
 export class HttpError extends Error {

@@ -7,10 +7,10 @@
 // - ok (200) otherwise.
 // Answers name snapshots, disks and locations (as the other routes do), never errno text or
 // internal paths of a failed probe: those go to the log.
-import type { Logger } from '../log';
+import type { Logger } from '../core/log';
 import type { AgentService } from '../service';
-import { isAgentError } from '../errors';
-import { VERSION } from '../version';
+import { isAgentError } from '../core/errors';
+import { VERSION } from '../core/version';
 
 /** Probes of what the service does not expose; each throws when its part is unusable. */
 export interface HealthProbes {

@@ -4,7 +4,7 @@
 // previousNumber -> 0, a bad UUID -> 500), we refuse (agent-reference 11.36, 11.38).
 import type { ParsedUrlQuery } from 'node:querystring';
 import type { ChangesRequest, DiskListOptions } from '../service';
-import { invalid } from '../errors';
+import { invalid } from '../core/errors';
 
 /** One value of a query parameter; undefined when absent or empty (Go's default for both). */
 function single(query: ParsedUrlQuery, name: string): string | undefined {

@@ -3,8 +3,8 @@
 // (params.ts, body.ts), calls the service and serialises (json.ts); errors are left to the
 // edge middleware. Paths match with or without a trailing slash.
 import Router from '@koa/router';
-import type { Logger } from '../log';
-import { scrapeMetrics } from '../metrics';
+import type { Logger } from '../core/log';
+import { scrapeMetrics } from '../metrics/metrics';
 import type { AgentService } from '../service';
 import { diskToJSON } from '../storage/disks';
 import { readBody } from './body';

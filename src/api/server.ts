@@ -7,8 +7,8 @@ import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import tls from 'node:tls';
-import type { Logger } from '../log';
-import { ClientAllowList, clientIdentity, notAllowedMessage } from '../client-identity';
+import type { Logger } from '../core/log';
+import { ClientAllowList, clientIdentity, notAllowedMessage } from '../doors/allow-list';
 import { errorResponse, HttpError, routeNotFound } from './errors';
 
 export interface ApiTlsMaterial {

@@ -11,10 +11,10 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import si from 'systeminformation';
-import type { Logger } from '../log';
+import type { Logger } from '../core/log';
 import type { AgentService } from '../service';
 import { diskToJSON, type DiskJson } from '../storage/disks';
-import { VERSION } from '../version';
+import { VERSION } from '../core/version';
 
 export interface SystemInfoSources {
   procRoot: string;

@@ -28,7 +28,7 @@ import {
   type BlksnapEvent, type BlksnapTracker,
 } from '../native/blksnap';
 import { DirectReader } from '../native/reader';
-import { SerialQueue } from '../serial';
+import { SerialQueue } from '../core/serial';
 import { EngineError } from './errors';
 import type {
   ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,

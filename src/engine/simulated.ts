@@ -28,10 +28,10 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { faultPoint } from '../faults';
+import { faultPoint } from '../core/faults';
 import { fileLayout, queryBlockDevice } from '../native/blockdev';
 import { DirectReader } from '../native/reader';
-import { SerialQueue } from '../serial';
+import { SerialQueue } from '../core/serial';
 import { EngineError } from './errors';
 import { spansThatMayDiffer } from './layout';
 import type {

@@ -15,7 +15,7 @@ import { isSystemError } from '../native/binding';
 import { DirectReader } from '../native/reader';
 import { SnapstorePipe } from '../native/snapstore-pipe';
 import { DEFAULT_CONTROL_DEVICE, VeeamsnapControl, kernelEntriesFromKallsyms, type TrackerInfo as KernelTracker } from '../native/veeamsnap';
-import { SerialQueue } from '../serial';
+import { SerialQueue } from '../core/serial';
 import { EngineError } from './errors';
 import type {
   ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,

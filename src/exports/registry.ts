@@ -4,7 +4,7 @@
 import { EventEmitter } from 'node:events';
 import type { AgentState } from '../db/state';
 import type { ImageReader } from '../engine/types';
-import { isAgentError } from '../errors';
+import { isAgentError } from '../core/errors';
 import type { SnapshotManager } from '../snapshots/manager';
 import type { Export, ExportRegistry, ExportRegistryEvents } from './types';
 

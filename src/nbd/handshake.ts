@@ -14,10 +14,10 @@
 import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type tls from 'node:tls';
-import { clientIdentity, notAllowedMessage, type ClientAllowList } from '../client-identity';
+import { clientIdentity, notAllowedMessage, type ClientAllowList } from '../doors/allow-list';
 import type { ImageReader } from '../engine/types';
 import type { Export, ExportRegistry } from '../exports/types';
-import type { Logger } from '../log';
+import type { Logger } from '../core/log';
 import { listContexts, selectContexts, type MetaContext } from './contexts';
 import { upgradeToTls, type NbdTlsMaterial } from './tls';
 import {

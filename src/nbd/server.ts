@@ -8,10 +8,10 @@
 // one, so clients that never finish a handshake cannot keep authenticated ones out.
 import fs from 'node:fs';
 import net from 'node:net';
-import { ClientAllowList } from '../client-identity';
+import { ClientAllowList } from '../doors/allow-list';
 import type { ExportRegistry } from '../exports/types';
-import type { Logger } from '../log';
-import type { ReadLimits } from '../throttle';
+import type { Logger } from '../core/log';
+import type { ReadLimits } from '../doors/limits';
 import { closeGently, negotiate } from './handshake';
 import { checkTlsMaterial, isLoopbackAddress, type NbdTlsMaterial } from './tls';
 import { DEFAULT_STALL_TIMEOUT_MS, Transmission } from './transmission';

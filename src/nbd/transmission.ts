@@ -19,10 +19,10 @@
 import type net from 'node:net';
 import tls from 'node:tls';
 import type { ImageReader } from '../engine/types';
-import type { Logger } from '../log';
-import { countServedBytes } from '../metrics';
+import type { Logger } from '../core/log';
+import { countServedBytes } from '../metrics/metrics';
 import { recycleReadBuffer } from '../native/reader';
-import { ReadCancelledError, throttle, type ReadLimits } from '../throttle';
+import { ReadCancelledError, throttle, type ReadLimits } from '../doors/limits';
 import { contextExtents } from './contexts';
 import { closeGently, type Session } from './handshake';
 import {

@@ -7,7 +7,7 @@
 // different generation (re-tracking, resize, the 255 wrap) or a baseline of 0, gets a full copy.
 // A baseline newer than this snapshot in its own generation cannot exist: it is refused, since
 // any answer would hide a client that mixed up its snapshots.
-import { invalid } from '../errors';
+import { invalid } from '../core/errors';
 
 export interface ChangedRange {
   offset: number;

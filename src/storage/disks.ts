@@ -16,11 +16,11 @@
 //   sector size; the fields say so.
 import path from 'node:path';
 import type { DeviceId } from '../engine/types';
-import type { Logger } from '../log';
+import type { Logger } from '../core/log';
 import { queryBlockDevice } from '../native/blockdev';
-import { blkidProbe, partitionEntries, type BlkidProbe, type BlkidValues, type PartitionEntry } from './blkid';
-import { activeSwapDevices, excludedDevices } from './exclusions';
-import { devName, kernelName, showDevice, Sysfs } from './sysfs';
+import { blkidProbe, partitionEntries, type BlkidProbe, type BlkidValues, type PartitionEntry } from '../host/blkid';
+import { activeSwapDevices, excludedDevices } from '../host/exclusions';
+import { devName, kernelName, showDevice, Sysfs } from '../host/sysfs';
 
 export interface Partition {
   /** DEVNAME, e.g. "sda1"; inside a disk file, the name the kernel would give it. */

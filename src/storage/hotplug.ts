@@ -9,9 +9,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import readline from 'node:readline';
-import type { Logger } from '../log';
+import type { Logger } from '../core/log';
 import type { Disk, DiskSource, ListOptions } from './disks';
-import { showDevice, Sysfs } from './sysfs';
+import { showDevice, Sysfs } from '../host/sysfs';
 
 export interface DiskWatcherOptions {
   source: DiskSource;

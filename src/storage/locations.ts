@@ -4,7 +4,7 @@
 import path from 'node:path';
 import type { DeviceId } from '../engine/types';
 import { fsStats } from '../native/blockdev';
-import { fileSystemDevice, showDevice, Sysfs } from './sysfs';
+import { fileSystemDevice, showDevice, Sysfs } from '../host/sysfs';
 
 export interface SnapstoreLocation {
   /** The destination directory; also the location's id in the API. */

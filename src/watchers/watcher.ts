@@ -16,10 +16,10 @@ import path from 'node:path';
 import type { ByteRange, DeviceId, SnapshotEngine, Snapstore, SnapstoreEvent } from '../engine/types';
 import type { AgentState, SnapstoreRow } from '../db/state';
 import { errorCode } from '../engine/errors';
-import { insufficientStorage, isAgentError } from '../errors';
-import type { Logger } from '../log';
-import { faultPoint } from '../faults';
-import { countSnapstoreGrowth, countSnapstoreOverflow } from '../metrics';
+import { insufficientStorage, isAgentError } from '../core/errors';
+import type { Logger } from '../core/log';
+import { faultPoint } from '../core/faults';
+import { countSnapstoreGrowth, countSnapstoreOverflow } from '../metrics/metrics';
 import { allocateFile, fileExtents, fsStats } from '../native/blockdev';
 
 export interface WatcherOptions {

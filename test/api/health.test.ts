@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import type { HealthProbes } from '../../src/api/health';
-import { VERSION } from '../../src/version';
+import { VERSION } from '../../src/core/version';
 import { startE2eAgent } from '../e2e/helpers';
 import { FakeAgentService } from './helpers/fake-service';
 import { json, randomFile, startServer, tempDir, type TestServer } from './helpers/server';

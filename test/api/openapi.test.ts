@@ -7,7 +7,7 @@ import { DEFAULT_CONSUME_OPTIONS } from '../../src/api/consume';
 import OPENAPI from '../../src/api/openapi.json';
 import { apiRouter } from '../../src/api/routes';
 import { HOST_SOURCES } from '../../src/api/systeminfo';
-import { silentLogger } from '../../src/log';
+import { silentLogger } from '../../src/core/log';
 import { startE2eAgent, type E2eAgent } from '../e2e/helpers';
 import { FakeAgentService, HEALTHY_PROBES } from './helpers/fake-service';
 import { API_PREFIX, openApiProblems, templateOf } from './helpers/openapi';

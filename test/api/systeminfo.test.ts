@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { listInterfaces, parseCpuinfo, parseMeminfo, parseOsRelease, type SystemInfoSources } from '../../src/api/systeminfo';
-import { VERSION } from '../../src/version';
+import { VERSION } from '../../src/core/version';
 import { FakeAgentService } from './helpers/fake-service';
 import { json, startServer, tempDir, type TestServer } from './helpers/server';
 

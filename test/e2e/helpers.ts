@@ -5,11 +5,11 @@ import fsp from 'node:fs/promises';
 import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
-import { startAgent, type RunningAgent } from '../../src/agent';
-import { generateCertificates } from '../../src/certs';
-import { parseConfig, type Config } from '../../src/config';
-import { writeDemoDisk } from '../../src/demo';
-import { silentLogger } from '../../src/log';
+import { startAgent, type RunningAgent } from '../../src/agent/start';
+import { generateCertificates } from '../../src/cli/gen-certs';
+import { parseConfig, type Config } from '../../src/config/config';
+import { writeDemoDisk } from '../../src/cli/demo';
+import { silentLogger } from '../../src/core/log';
 import { request as httpsRequest, type Response } from '../api/helpers/server';
 
 const MiB = 1024 * 1024;

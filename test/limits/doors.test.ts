@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import https from 'node:https';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ReadLimits, type ReadLimitSettings } from '../../src/throttle';
+import { ReadLimits, type ReadLimitSettings } from '../../src/doors/limits';
 import { Command } from '../../src/nbd/wire';
 import { FakeAgentService } from '../api/helpers/fake-service';
 import { startServer as startApi, type Response, type TestServer } from '../api/helpers/server';
@@ -14,7 +14,7 @@ import {
   type Fixture, type LogRecord, type Running,
 } from '../nbd/helpers/server';
 import type { RawClient } from '../nbd/helpers/raw-client';
-import { FakeClock } from './fake-clock';
+import { FakeClock } from '../doors/fake-clock';
 
 const KiB = 1024;
 const options = { timeout: 60_000 };

@@ -14,8 +14,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { generateCertificates } from '../../src/certs';
-import { writeDemoDisk } from '../../src/demo';
+import { generateCertificates } from '../../src/cli/gen-certs';
+import { writeDemoDisk } from '../../src/cli/demo';
 import { request, type Response } from '../api/helpers/server';
 
 const CYCLES = Number(process.env.CSA_KILL9_CYCLES ?? 20);

@@ -5,8 +5,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { generateCertificates } from '../../src/certs';
-import { writeDemoDisk } from '../../src/demo';
+import { generateCertificates } from '../../src/cli/gen-certs';
+import { writeDemoDisk } from '../../src/cli/demo';
 
 export const MAIN = path.resolve(__dirname, '../../src/main.js');
 const MiB = 1024 * 1024;

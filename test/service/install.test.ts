@@ -7,8 +7,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { lookupGroupId, lookupUser } from '../../src/accounts';
-import { unsupportedNode } from '../../src/startup';
+import { lookupGroupId, lookupUser } from '../../src/cli/accounts';
+import { unsupportedNode } from '../../src/agent/startup';
 import { cli, MAIN, scratch, type Scratch } from './helpers';
 
 const isRoot = process.getuid?.() === 0;

@@ -6,10 +6,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import Database from 'better-sqlite3';
-import { startAgent } from '../../src/agent';
-import { loadConfig } from '../../src/config';
-import { silentLogger } from '../../src/log';
-import { lockState } from '../../src/state-lock';
+import { startAgent } from '../../src/agent/start';
+import { loadConfig } from '../../src/config/config';
+import { silentLogger } from '../../src/core/log';
+import { lockState } from '../../src/agent/state-lock';
 import { MAIN, scratch } from './helpers';
 
 /** Rows of the snapshots table, read beside the running agent. */
@@ -66,7 +66,7 @@ describe('one agent per state', () => {
     lockState(database).release();
 
     // A holder killed with SIGKILL leaves its pid in the file but no lock.
-    const holder = spawn(process.execPath, ['-e', `require(${JSON.stringify(path.resolve(__dirname, '../../src/state-lock.js'))}).lockState(${JSON.stringify(database)}); console.log('locked'); setInterval(() => {}, 1000);`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const holder = spawn(process.execPath, ['-e', `require(${JSON.stringify(path.resolve(__dirname, '../../src/agent/state-lock.js'))}).lockState(${JSON.stringify(database)}); console.log('locked'); setInterval(() => {}, 1000);`], { stdio: ['ignore', 'pipe', 'inherit'] });
     await new Promise((resolve) => holder.stdout!.once('data', resolve));
     assert.throws(() => lockState(database), new RegExp(`pid ${holder.pid}\\)`));
     holder.kill('SIGKILL');

@@ -9,9 +9,9 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { silentLogger } from '../../src/log';
+import { silentLogger } from '../../src/core/log';
 import { notifySocket } from '../../src/native/process';
-import { notifySystemd } from '../../src/systemd';
+import { notifySystemd } from '../../src/agent/systemd';
 import { scratch, serve } from './helpers';
 
 const RECEIVER = `

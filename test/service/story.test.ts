@@ -4,9 +4,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { PassThrough } from 'node:stream';
 import { describe, test } from 'node:test';
-import { startAgent } from '../../src/agent';
-import { loadConfig } from '../../src/config';
-import { createLogger } from '../../src/log';
+import { startAgent } from '../../src/agent/start';
+import { loadConfig } from '../../src/config/config';
+import { createLogger } from '../../src/core/log';
 import { records, scratch } from './helpers';
 
 const MiB = 1024 * 1024;

@@ -6,8 +6,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { SERVICE_DIRECTORIES } from '../../src/checks';
-import { DEFAULT_SHUTDOWN_GRACE_SECONDS, MAX_SHUTDOWN_GRACE_SECONDS } from '../../src/config';
+import { SERVICE_DIRECTORIES } from '../../src/cli/check-config';
+import { DEFAULT_SHUTDOWN_GRACE_SECONDS, MAX_SHUTDOWN_GRACE_SECONDS } from '../../src/config/config';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const UNIT_FILE = path.join(ROOT, 'contrib/coriolis-snapshot-agent.service');

@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, describe, test } from 'node:test';
 import type { SnapshotEngine, Snapstore } from '../../src/engine/types';
-import { isAgentError } from '../../src/errors';
+import { isAgentError } from '../../src/core/errors';
 import { roundToMiB } from '../../src/watchers/watcher';
 import { CHUNK, lifecycleEnv, MiB, pattern, readFile, snapstoreFiles, writeDisk, type EnvOptions, type LifecycleEnv, type Machine } from './helpers/env';
 

@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import { afterEach, describe, test } from 'node:test';
 import type { SnapshotEngine } from '../../src/engine/types';
-import { isAgentError } from '../../src/errors';
-import { injectFault } from '../../src/faults';
+import { isAgentError } from '../../src/core/errors';
+import { injectFault } from '../../src/core/faults';
 import { lifecycleEnv, snapstoreFiles, type LifecycleEnv } from './helpers/env';
 
 const TIMEOUT = { timeout: 60_000 };

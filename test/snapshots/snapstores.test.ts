@@ -6,7 +6,7 @@ import { once } from 'node:events';
 import { afterEach, describe, test } from 'node:test';
 import type { SimulatedEngine } from '../../src/engine/simulated';
 import type { SnapshotEngine, Snapstore } from '../../src/engine/types';
-import { isAgentError } from '../../src/errors';
+import { isAgentError } from '../../src/core/errors';
 import type { AgentService } from '../../src/service';
 import { roundToMiB } from '../../src/watchers/watcher';
 import { startServer } from '../api/helpers/server';

@@ -7,9 +7,9 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { DeviceId } from '../../src/engine/types';
 import { DiskCatalog, diskToJSON, eligibleDisks, type Disk, type ListOptions } from '../../src/storage/disks';
-import { fileSystemDevice, showDevice } from '../../src/storage/sysfs';
+import { fileSystemDevice, showDevice } from '../../src/host/sysfs';
 import { fakeBlkid, fakeSysfs, recordingLogger, type FakeDevice } from './helpers';
-import type { BlkidValues } from '../../src/storage/blkid';
+import type { BlkidValues } from '../../src/host/blkid';
 
 let tmp: string;
 let dest: string;

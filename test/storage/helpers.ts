@@ -5,8 +5,8 @@ import bunyan from 'bunyan';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { BlkidProbe, BlkidValues } from '../../src/storage/blkid';
-import type { Logger } from '../../src/log';
+import type { BlkidProbe, BlkidValues } from '../../src/host/blkid';
+import type { Logger } from '../../src/core/log';
 import { attachLoopDevice, findCommand, type LoopDevice } from '../native/helpers/loop';
 
 export interface FakePartition {

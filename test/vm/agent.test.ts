@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { test } from 'node:test';
-import { generateCertificates } from '../../src/certs';
+import { generateCertificates } from '../../src/cli/gen-certs';
 import { BlksnapEngine } from '../../src/engine/blksnap';
 import { selectEngine } from '../../src/engine/select';
 import type { SnapshotEngine } from '../../src/engine/types';

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { silentLogger } from '../../src/log';
+import { silentLogger } from '../../src/core/log';
 import { createNbdServer, type NbdServer } from '../../src/nbd/server';
 import { makeTestCerts, type TestCerts } from '../helpers/certs';
 import { attachLoopDevice, findCommand, type LoopDevice } from '../native/helpers/loop';

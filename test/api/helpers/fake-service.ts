@@ -3,7 +3,7 @@
 // so tests can check what validation handed over.
 import type { HealthProbes } from '../../../src/api/health';
 import type { ImageReader } from '../../../src/engine/types';
-import { conflict, invalid, notFound } from '../../../src/errors';
+import { conflict, invalid, notFound } from '../../../src/core/errors';
 import { DirectReader } from '../../../src/native/reader';
 import type {
   AgentService, ChangesRequest, Disk, DiskEntry, DiskListOptions, LocationInfo, MappingInfo, Snapshot,

@@ -11,7 +11,7 @@ import { createApp, type AppOptions } from '../../../src/api/app';
 import type { HealthProbes } from '../../../src/api/health';
 import { HEALTHY_PROBES } from './fake-service';
 import { closeApiServer, createApiServer, listenApiServer, type ApiServerTimeouts } from '../../../src/api/server';
-import { silentLogger, type Logger } from '../../../src/log';
+import { silentLogger, type Logger } from '../../../src/core/log';
 import { makeTestCerts, type TestCerts } from '../../helpers/certs';
 
 export interface Response {

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Logger } from '../../../src/log';
+import type { Logger } from '../../../src/core/log';
 import { createNbdServer, type NbdServer, type NbdServerOptions } from '../../../src/nbd/server';
 import { Info, Option, OptionReply } from '../../../src/nbd/wire';
 import { makeTestCerts, type TestCerts } from '../../helpers/certs';

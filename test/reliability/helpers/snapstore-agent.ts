@@ -4,11 +4,11 @@
 import fs from 'node:fs';
 import https from 'node:https';
 import path from 'node:path';
-import { startAgent, type RunningAgent } from '../../../src/agent';
-import { generateCertificates } from '../../../src/certs';
-import { parseConfig } from '../../../src/config';
-import { writeDemoDisk } from '../../../src/demo';
-import { silentLogger } from '../../../src/log';
+import { startAgent, type RunningAgent } from '../../../src/agent/start';
+import { generateCertificates } from '../../../src/cli/gen-certs';
+import { parseConfig } from '../../../src/config/config';
+import { writeDemoDisk } from '../../../src/cli/demo';
+import { silentLogger } from '../../../src/core/log';
 import { request as httpsRequest, type Response } from '../../api/helpers/server';
 
 export const MiB = 1024 * 1024;

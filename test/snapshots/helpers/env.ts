@@ -8,10 +8,10 @@ import { openDatabase } from '../../../src/db/database';
 import { AgentState } from '../../../src/db/state';
 import { SimulatedEngine } from '../../../src/engine/simulated';
 import type { DeviceId, SnapshotEngine } from '../../../src/engine/types';
-import { silentLogger } from '../../../src/log';
+import { silentLogger } from '../../../src/core/log';
 import { queryBlockDevice } from '../../../src/native/blockdev';
 import { SnapshotManager } from '../../../src/snapshots/manager';
-import { fileSystemDevice } from '../../../src/storage/sysfs';
+import { fileSystemDevice } from '../../../src/host/sysfs';
 
 export const MiB = 1024 * 1024;
 export const DISK_SIZE = 64 * MiB;

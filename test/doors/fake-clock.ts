@@ -1,5 +1,5 @@
 // A clock that moves only when a test moves it, with the timers scheduled on it.
-import type { Clock } from '../../src/throttle';
+import type { Clock } from '../../src/doors/limits';
 
 interface Timer {
   at: number;

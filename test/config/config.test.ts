@@ -5,8 +5,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
   ConfigError, DEFAULT_DATABASE_FILE, DEFAULT_NBD_PORT, DEFAULT_SNAP_STORE_FILE_SIZE, loadConfig, parseConfig,
-} from '../src/config';
-import { makeTestCerts, type TestCerts } from './helpers/certs';
+} from '../../src/config/config';
+import { makeTestCerts, type TestCerts } from '../helpers/certs';
 
 let dir: string;
 let certs: TestCerts;
@@ -233,7 +233,7 @@ describe('config: every mistake is refused, naming the file and the key', () => 
 
 describe('config: the shipped sample', () => {
   test('contrib/config.toml.sample is valid once its paths exist, and every commented key is known', () => {
-    const sample = fs.readFileSync(path.resolve(__dirname, '../../contrib/config.toml.sample'), 'utf8');
+    const sample = fs.readFileSync(path.resolve(__dirname, '../../../contrib/config.toml.sample'), 'utf8');
     const local = (text: string): string => text
       .replaceAll('/etc/coriolis-snapshot-agent/certs/server-cert.pem', certs.serverCert)
       .replaceAll('/etc/coriolis-snapshot-agent/certs/server-key.pem', certs.serverKey)

@@ -6,10 +6,10 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { runAgent, type RunningAgent } from './agent';
-import { CERTIFICATE_FILES, generateCertificates } from './certs';
-import { loadConfig, type Config } from './config';
-import { createLogger } from './log';
+import { runAgent, type RunningAgent } from '../agent/start';
+import { CERTIFICATE_FILES, generateCertificates } from './gen-certs';
+import { loadConfig, type Config } from '../config/config';
+import { createLogger } from '../core/log';
 
 const MiB = 1024 * 1024;
 const SECTOR = 512;

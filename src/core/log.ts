@@ -4,7 +4,7 @@
 import bunyan from 'bunyan';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { LogLevel } from './config';
+import type { LogLevel } from '../config/config';
 
 export type Logger = bunyan;
 

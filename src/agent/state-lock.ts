@@ -5,7 +5,7 @@
 // carries the holder's pid for the message.
 import fs from 'node:fs';
 import path from 'node:path';
-import { tryLockExclusive } from './native/process';
+import { tryLockExclusive } from '../native/process';
 import { StartupError } from './startup';
 
 export interface StateLock {

@@ -7,9 +7,9 @@ import { afterEach, describe, test } from 'node:test';
 import { openDatabase } from '../../src/db/database';
 import { AgentState } from '../../src/db/state';
 import { SimulatedEngine } from '../../src/engine/simulated';
-import { isAgentError } from '../../src/errors';
-import { silentLogger } from '../../src/log';
-import { Inventory, type InventoryOptions } from '../../src/snapshots/inventory';
+import { isAgentError } from '../../src/core/errors';
+import { silentLogger } from '../../src/core/log';
+import { Inventory, type InventoryOptions } from '../../src/inventory/inventory';
 import { SimulatedDiskCatalog } from '../../src/storage/disks';
 
 const MiB = 1024 * 1024;

@@ -6,7 +6,7 @@
 // level of slaves and at the first partition of each disk only.)
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import type { Logger } from '../log';
+import type { Logger } from '../core/log';
 import { decodeDeviceNumber, fileSystemDevice, kernelName, showDevice, type Sysfs } from './sysfs';
 
 /**

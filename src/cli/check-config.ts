@@ -5,9 +5,9 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ConfigError, type Config } from './config';
-import { DEFAULT_BLKSNAP_CONTROL_DEVICE } from './native/blksnap';
-import { DEFAULT_CONTROL_DEVICE } from './native/veeamsnap';
+import { ConfigError, type Config } from '../config/config';
+import { DEFAULT_BLKSNAP_CONTROL_DEVICE } from '../native/blksnap';
+import { DEFAULT_CONTROL_DEVICE } from '../native/veeamsnap';
 
 /** The directories the systemd unit creates for the service (RuntimeDirectory=, LogsDirectory=). */
 export const SERVICE_DIRECTORIES = ['/run/coriolis-snapshot-agent', '/var/log/coriolis-snapshot-agent'];

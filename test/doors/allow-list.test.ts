@@ -2,7 +2,7 @@
 // attribute agrees both ways, in any order; a fingerprint only itself.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { ClientAllowList, matchesClient, notAllowedMessage, parseClientMatcher, type ClientIdentity } from '../src/client-identity';
+import { ClientAllowList, matchesClient, notAllowedMessage, parseClientMatcher, type ClientIdentity } from '../../src/doors/allow-list';
 
 const FINGERPRINT = 'AB:'.repeat(31) + 'CD';
 const identity = (subject: string): ClientIdentity => ({ subject, fingerprint256: FINGERPRINT });

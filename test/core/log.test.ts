@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
-import { createLogger, reopenLogFile } from '../src/log';
+import { createLogger, reopenLogFile } from '../../src/core/log';
 
 function fakeStderr(isTTY: boolean): PassThrough & { isTTY: boolean; text(): string } {
   const stream = new PassThrough() as PassThrough & { isTTY: boolean; text(): string };

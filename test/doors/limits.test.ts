@@ -4,7 +4,7 @@ import { EventEmitter } from 'node:events';
 import { describe, test } from 'node:test';
 import { setImmediate as flush } from 'node:timers/promises';
 import type { ImageReader } from '../../src/engine/types';
-import { ReadCancelledError, ReadLimits, TokenBucket } from '../../src/throttle';
+import { ReadCancelledError, ReadLimits, TokenBucket } from '../../src/doors/limits';
 import { FakeClock } from './fake-clock';
 
 const KiB = 1024;

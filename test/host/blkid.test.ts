@@ -4,9 +4,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { blkidProbe, parseBlkidExport, partitionEntries, run } from '../../src/storage/blkid';
+import { blkidProbe, parseBlkidExport, partitionEntries, run } from '../../src/host/blkid';
 import { findCommand } from '../native/helpers/loop';
-import { partitionImage, sh } from './helpers';
+import { partitionImage, sh } from '../storage/helpers';
 
 const MiB = 1024 * 1024;
 let tmp: string;

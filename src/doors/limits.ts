@@ -15,7 +15,7 @@
 // A client that goes away withdraws its waiting reads: they take nothing from any budget. Ending
 // its side of the connection counts: Node's HTTP server then drops the request anyway, and an NBD
 // client that means to wait for its replies says NBD_CMD_DISC instead.
-import type { ImageReader } from './engine/types';
+import type { ImageReader } from '../engine/types';
 
 /** Milliseconds on a monotonic clock, and timers on it; tests drive a fake one. */
 export interface Clock {

@@ -10,9 +10,9 @@
 // agent started last (a process runs one agent; tests read differences).
 import type { Server } from 'node:net';
 import client from 'prom-client';
-import type { AgentState } from './db/state';
-import type { SnapshotEngine } from './engine/types';
-import type { AgentService } from './service';
+import type { AgentState } from '../db/state';
+import type { SnapshotEngine } from '../engine/types';
+import type { AgentService } from '../service';
 
 const PREFIX = 'coriolis_agent_';
 const registry = new client.Registry();

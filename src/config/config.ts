@@ -9,8 +9,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import toml from 'toml';
-import { parseClientMatcher } from './client-identity';
-import { IO_PRIORITIES, type IoPriority } from './native/io-priority';
+import { parseClientMatcher } from '../doors/allow-list';
+import { IO_PRIORITIES, type IoPriority } from '../native/io-priority';
 
 export const DEFAULT_CONFIG_FILE = '/etc/coriolis-snapshot-agent/config.toml';
 export const DEFAULT_DATABASE_FILE = '/var/lib/coriolis-snapshot-agent/agent.db';

@@ -3,7 +3,7 @@
 // systemd do), drops to the user for good, then runs the command. Only checks made by the
 // user's own process see what the service will see: root passes every access check.
 //   node as-user.js NAME UID GID COMMAND [ARGS...]
-import { main } from './main';
+import { main } from '../main';
 
 async function runAs(argv: string[]): Promise<number> {
   const [name, uid, gid, ...command] = argv;

@@ -1,7 +1,7 @@
 // Readiness and stopping notices for systemd (Type=notify): one datagram to $NOTIFY_SOCKET, as
 // sd_notify(3) sends. Outside systemd the variable is unset and nothing is sent.
-import type { Logger } from './log';
-import { notifySocket } from './native/process';
+import type { Logger } from '../core/log';
+import { notifySocket } from '../native/process';
 
 export function notifySystemd(state: 'READY=1' | 'STOPPING=1', log: Logger, env: NodeJS.ProcessEnv = process.env): void {
   const socket = env.NOTIFY_SOCKET;
