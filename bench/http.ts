@@ -18,7 +18,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs, promisify } from 'node:util';
 import { createApp } from '../src/api/app';
 import { DEFAULT_CONSUME_OPTIONS } from '../src/api/consume';
-import { API_CIPHERS, closeApiServer, createApiServer, listenApiServer } from '../src/api/server';
+import { SERVER_CIPHERS } from '../src/doors/tls';
+import { closeApiServer, createApiServer, listenApiServer } from '../src/api/server';
 import { generateCertificates } from '../src/cli/gen-certs';
 import { silentLogger } from '../src/core/log';
 import { configureReaderPool } from '../src/native/reader';
@@ -28,7 +29,7 @@ import { ownCpuSeconds, processCpuSeconds, withCpuUse } from './cpu';
 const MiB = 1024 * 1024;
 const RANGE_BYTES = 10 * MiB;
 const run = promisify(execFile);
-const AGENT_TLS13_SUITES = API_CIPHERS.split(':').filter((suite) => suite.startsWith('TLS_')).join(':');
+const AGENT_TLS13_SUITES = SERVER_CIPHERS.split(':').filter((suite) => suite.startsWith('TLS_')).join(':');
 
 const { values: args } = parseArgs({
   options: {

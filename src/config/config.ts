@@ -10,6 +10,7 @@ import net from 'node:net';
 import path from 'node:path';
 import toml from 'toml';
 import { parseClientMatcher } from '../doors/allow-list';
+import { isLoopbackAddress, type TlsMaterial } from '../doors/tls';
 import { IO_PRIORITIES, type IoPriority } from '../native/io-priority';
 
 export const DEFAULT_CONFIG_FILE = '/etc/coriolis-snapshot-agent/config.toml';
@@ -27,14 +28,11 @@ export const MAX_SHUTDOWN_GRACE_SECONDS = 3600;
 export type EngineKind = 'auto' | 'veeamsnap' | 'blksnap' | 'simulated';
 const ENGINES: readonly EngineKind[] = ['auto', 'veeamsnap', 'blksnap', 'simulated'];
 
-/** PEM material, loaded and checked at start so a bad file never surfaces as a handshake error. */
-export interface TlsMaterial {
+/** PEM material and the files it came from, loaded and checked at start so a bad file never surfaces as a handshake error. */
+export interface TlsFiles extends TlsMaterial {
   certificateFile: string;
   keyFile: string;
   caCertificateFile: string;
-  certificate: string;
-  key: string;
-  caCertificate: string;
 }
 
 export interface SnapstoreMapping {
@@ -58,12 +56,12 @@ export interface Config {
   /** Both the growth step of a snapstore and its free-space threshold, in bytes. */
   snapStoreFileSize: number;
   /** allowedClients: client certificate subjects or SHA-256 fingerprints; empty admits any the CA signed. */
-  api: { bind: string; port: number; tls: TlsMaterial; allowedClients: string[] };
+  api: { bind: string; port: number; tls: TlsFiles; allowedClients: string[] };
   nbd: {
     bind: string;
     port: number;
     tls: 'require' | 'off';
-    certificates: TlsMaterial;
+    certificates: TlsFiles;
     unixSocket: string | null;
     maxConnections: number;
     /** The allow-list NBD applies: [api.tls]'s when NBD shares a CA with the API, else [nbd]'s own. */
@@ -221,7 +219,7 @@ function pemCertificates(pem: string): crypto.X509Certificate[] {
 }
 
 /** Reads certificate, key and ca_certificate, each defaulting to `fallback`'s, and checks they belong together. */
-function readTls(reader: TableReader, fallback: TlsMaterial | null): TlsMaterial {
+function readTls(reader: TableReader, fallback: TlsFiles | null): TlsFiles {
   const files = {
     certificateFile: reader.absolutePath('certificate') ?? fallback?.certificateFile,
     keyFile: reader.absolutePath('key') ?? fallback?.keyFile,
@@ -284,10 +282,6 @@ function readBind(reader: TableReader, key: string, fallback?: string): string {
   if (value === undefined || value === '') throw reader.error(key, 'is required (an IP address to listen on)');
   if (net.isIP(value) === 0) throw reader.error(key, `must be an IPv4 or IPv6 address, got ${JSON.stringify(value)}`);
   return value;
-}
-
-function isLoopback(address: string): boolean {
-  return address === '::1' || /^127\./.test(address) || address === '::ffff:127.0.0.1';
 }
 
 /** Parses and validates TOML text; `file` is used in messages and to resolve nothing else. */
@@ -363,7 +357,7 @@ export function parseConfig(text: string, file: string): Config {
   if (nbdTls !== 'require' && nbdTls !== 'off') {
     throw nbdSection.error('tls', `must be "require" or "off", got ${JSON.stringify(nbdTls)}`);
   }
-  if (nbdTls === 'off' && !isLoopback(nbdBind)) {
+  if (nbdTls === 'off' && !isLoopbackAddress(nbdBind)) {
     throw nbdSection.error('tls', `"off" is allowed only when nbd.bind is a loopback address, not ${nbdBind}: disk data would cross the network unauthenticated`);
   }
   const unixSocket = nbdSection.absolutePath('unix_socket') ?? null;

@@ -34,6 +34,7 @@ import type {
   ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,
   SnapstoreEvent, SnapstoreOptions, SnapstoreUsage, TrackerInfo,
 } from './types';
+import { sameDevice } from '../core/devices';
 
 const SECTOR = 512;
 const CBT_READ_CHUNK = 4 * 1024 * 1024;
@@ -90,7 +91,6 @@ interface StateFile {
   wrapAliases: Record<string, string>;
 }
 
-const same = (a: DeviceId, b: DeviceId): boolean => a.major === b.major && a.minor === b.minor;
 const key = (device: DeviceId): string => `${device.major}:${device.minor}`;
 
 function uuidText(bytes: Buffer): string {
@@ -220,7 +220,7 @@ export class BlksnapEngine implements SnapshotEngine {
   startTracking(device: DeviceId): Promise<void> {
     return this.queue.run(async () => {
       const control = this.live();
-      if ((await control.trackerCollect()).some((t) => same(t.device, device))) return;
+      if ((await control.trackerCollect()).some((t) => sameDevice(t.device, device))) return;
       if ((await control.snapshotCollect()).length > 0) {
         this.untracked(device); // a device that does not exist is refused now, not when listed
         this.pending.set(key(device), { ...device });
@@ -250,7 +250,7 @@ export class BlksnapEngine implements SnapshotEngine {
 
   async listTrackers(): Promise<TrackerInfo[]> {
     const trackers = (await this.live().trackerCollect()).map((t) => this.toTracker(t));
-    const waiting = [...this.pending.values()].filter((d) => !trackers.some((t) => same(t.device, d)));
+    const waiting = [...this.pending.values()].filter((d) => !trackers.some((t) => sameDevice(t.device, d)));
     return [...trackers, ...waiting.map((d) => this.untracked(d))];
   }
 
@@ -288,7 +288,7 @@ export class BlksnapEngine implements SnapshotEngine {
 
   async readCbtMap(device: DeviceId): Promise<Buffer> {
     const control = this.live();
-    const tracker = (await control.trackerCollect()).find((t) => same(t.device, device));
+    const tracker = (await control.trackerCollect()).find((t) => sameDevice(t.device, device));
     if (tracker === undefined) throw new EngineError('ENODATA', 'IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP', `${key(device)} is not tracked`);
     const map = Buffer.alloc(tracker.blockCount);
     for (let offset = 0; offset < map.length; offset += CBT_READ_CHUNK) {
@@ -373,15 +373,15 @@ export class BlksnapEngine implements SnapshotEngine {
       const control = this.live();
       const state = this.state!;
       if (devices.length === 0) throw new EngineError('ENODEV', 'createSnapshot', 'no devices');
-      if (devices.some((d, i) => devices.findIndex((e) => same(d, e)) !== i)) throw new EngineError('EINVAL', 'createSnapshot', 'a device is listed twice');
+      if (devices.some((d, i) => devices.findIndex((e) => sameDevice(d, e)) !== i)) throw new EngineError('EINVAL', 'createSnapshot', 'a device is listed twice');
       for (const record of Object.values(state.snapshots)) {
-        const busy = devices.find((d) => record.devices.some((e) => same(d, e)));
+        const busy = devices.find((d) => record.devices.some((e) => sameDevice(d, e)));
         if (busy !== undefined) throw new EngineError('EALREADY', 'createSnapshot', `${key(busy)} is already in a snapshot`);
       }
       const stores = new Set<string>();
       for (const device of devices) {
         const found = Object.entries(state.snapstores).reverse()
-          .find(([, s]) => !s.cleaning && s.handle === null && s.devices.some((d) => same(d, device)));
+          .find(([, s]) => !s.cleaning && s.handle === null && s.devices.some((d) => sameDevice(d, device)));
         if (found === undefined) throw new EngineError('ENODATA', 'createSnapshot', `${key(device)} has no snapstore`);
         stores.add(found[0]);
       }
@@ -410,7 +410,7 @@ export class BlksnapEngine implements SnapshotEngine {
         await control.snapshotTake(kernelId);
         const found = await control.snapshotImages(kernelId);
         const images: SnapshotImage[] = devices.map((device) => {
-          const image = found.find((i) => same(i.original, device));
+          const image = found.find((i) => sameDevice(i.original, device));
           if (image === undefined) throw new EngineError('EIO', 'IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES', `no image of ${key(device)}`);
           return { original: { ...device }, image: { ...image.image }, path: this.imagePath(image.image) };
         });
@@ -431,7 +431,7 @@ export class BlksnapEngine implements SnapshotEngine {
     const state = this.state!;
     const trackers = await this.live().trackerCollect();
     for (const device of devices) {
-      const tracker = trackers.find((t) => same(t.device, device));
+      const tracker = trackers.find((t) => sameDevice(t.device, device));
       if (tracker === undefined) continue;
       const kernelGeneration = uuidText(tracker.generationId);
       const last = state.last[key(device)];
@@ -514,10 +514,10 @@ export class BlksnapEngine implements SnapshotEngine {
    * fails every read of a corrupted image with ENOSPC, which survives agent restarts.
    */
   async snapshotHealth(device: DeviceId): Promise<SnapshotHealth> {
-    const entry = Object.values(this.state?.snapshots ?? {}).find((r) => r.devices.some((d) => same(d, device)));
+    const entry = Object.values(this.state?.snapshots ?? {}).find((r) => r.devices.some((d) => sameDevice(d, device)));
     if (entry === undefined) throw new EngineError('ENODATA', 'snapshotHealth', `no snapshot holds ${key(device)}`);
     if (entry.corrupted !== null) return unhealthy(entry.corrupted.errno, entry.corrupted.code);
-    const image = (await this.imagesOf(entry.kernelId)).find((i) => same(i.original, device));
+    const image = (await this.imagesOf(entry.kernelId)).find((i) => sameDevice(i.original, device));
     if (image === undefined) throw new EngineError('ENODATA', 'snapshotHealth', `the module no longer has the snapshot of ${key(device)}`);
     const reader = await DirectReader.open(image.path);
     try {

@@ -38,6 +38,7 @@ import type {
   ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,
   SnapstoreEvent, SnapstoreOptions, SnapstoreUsage, TrackerInfo,
 } from './types';
+import { sameDevice, showDevice } from '../core/devices';
 
 const execFileAsync = promisify(execFile);
 
@@ -125,8 +126,6 @@ interface ModelState {
 }
 
 const key = (device: DeviceId): string => `${device.major}_${device.minor}`;
-const same = (a: DeviceId, b: DeviceId): boolean => a.major === b.major && a.minor === b.minor;
-const show = (device: DeviceId): string => `${device.major}:${device.minor}`;
 
 function cbtBlockSizeFor(sizeBytes: number): number {
   let blockSize = BASE_CBT_BLOCK_SIZE;
@@ -329,12 +328,12 @@ export class SimulatedEngine implements SnapshotEngine {
 
   stopTracking(device: DeviceId): Promise<void> {
     return this.queue.run(async () => {
-      if (this.tracker(device) === undefined) throw new EngineError('ENODATA', 'TRACKING_REMOVE', `${show(device)} is not tracked`);
+      if (this.tracker(device) === undefined) throw new EngineError('ENODATA', 'TRACKING_REMOVE', `${showDevice(device)} is not tracked`);
       if (this.snapshotOf(device) !== undefined) {
-        throw new EngineError('EBUSY', 'TRACKING_REMOVE', `${show(device)} is part of a snapshot`);
+        throw new EngineError('EBUSY', 'TRACKING_REMOVE', `${showDevice(device)} is part of a snapshot`);
       }
       await this.transact((next) => {
-        next.trackers = next.trackers.filter((t) => !same(t.device, device));
+        next.trackers = next.trackers.filter((t) => !sameDevice(t.device, device));
       });
       await this.removeUnreferenced();
     });
@@ -355,9 +354,9 @@ export class SimulatedEngine implements SnapshotEngine {
     // Queued, so that no commit replaces the map file while it is read.
     return this.queue.run(async () => {
       const tracker = this.tracker(device);
-      if (tracker === undefined) throw new EngineError('ENODATA', 'TRACKING_READ_CBT_BITMAP', `${show(device)} is not tracked`);
+      if (tracker === undefined) throw new EngineError('ENODATA', 'TRACKING_READ_CBT_BITMAP', `${showDevice(device)} is not tracked`);
       if (this.snapshotOf(device) === undefined) {
-        throw new EngineError('EPERM', 'TRACKING_READ_CBT_BITMAP', `${show(device)} is not held by a snapshot`);
+        throw new EngineError('EPERM', 'TRACKING_READ_CBT_BITMAP', `${showDevice(device)} is not held by a snapshot`);
       }
       return fsp.readFile(this.file(tracker.files.snap));
     });
@@ -377,7 +376,7 @@ export class SimulatedEngine implements SnapshotEngine {
     const tracker: TrackerState = {
       device: { ...disk.device }, files, sizeBytes, cbtBlockSize, active: 1, activeGenerationId: generationId, reported: 0, generationId,
     };
-    next.trackers = [...next.trackers.filter((t) => !same(t.device, disk.device)), tracker];
+    next.trackers = [...next.trackers.filter((t) => !sameDevice(t.device, disk.device)), tracker];
     return tracker;
   }
 
@@ -397,7 +396,7 @@ export class SimulatedEngine implements SnapshotEngine {
       await this.transact((next) => {
         // A device has one snapstore record: a new snapstore takes it over.
         for (const other of next.snapstores) {
-          other.devices = other.devices.filter((d) => !options.devices.some((mine) => same(d, mine)));
+          other.devices = other.devices.filter((d) => !options.devices.some((mine) => sameDevice(d, mine)));
         }
         next.snapstores.push({
           id: options.id, devices: options.devices.map((d) => ({ ...d })), storage: options.storage,
@@ -495,16 +494,16 @@ export class SimulatedEngine implements SnapshotEngine {
     return this.queue.run(async () => {
       if (devices.length === 0) throw new EngineError('ENODEV', 'SNAPSHOT_CREATE', 'no devices');
       devices.forEach((device, index) => {
-        if (devices.findIndex((d) => same(d, device)) !== index) {
-          throw new EngineError('EINVAL', 'SNAPSHOT_CREATE', `${show(device)} is listed twice`);
+        if (devices.findIndex((d) => sameDevice(d, device)) !== index) {
+          throw new EngineError('EINVAL', 'SNAPSHOT_CREATE', `${showDevice(device)} is listed twice`);
         }
         this.disk(device, 'SNAPSHOT_CREATE');
         if (this.snapshotOf(device) !== undefined) {
-          throw new EngineError('EALREADY', 'SNAPSHOT_CREATE', `${show(device)} is already in a snapshot`);
+          throw new EngineError('EALREADY', 'SNAPSHOT_CREATE', `${showDevice(device)} is already in a snapshot`);
         }
         const snapstore = this.snapstoreRecord(device);
-        if (snapstore === undefined) throw new EngineError('ENODATA', 'SNAPSHOT_CREATE', `${show(device)} has no snapstore`);
-        if (snapstore.overflowed) throw new EngineError('EDEADLK', 'SNAPSHOT_CREATE', `the snapstore of ${show(device)} is corrupt`);
+        if (snapstore === undefined) throw new EngineError('ENODATA', 'SNAPSHOT_CREATE', `${showDevice(device)} has no snapstore`);
+        if (snapstore.overflowed) throw new EngineError('EDEADLK', 'SNAPSHOT_CREATE', `the snapstore of ${showDevice(device)} is corrupt`);
       });
 
       const minors = await this.transact((next) => devices.map(() => next.nextImageMinor++));
@@ -596,15 +595,15 @@ export class SimulatedEngine implements SnapshotEngine {
 
   async snapshotHealth(device: DeviceId): Promise<SnapshotHealth> {
     const snapstore = this.snapstoreRecord(device);
-    if (snapstore === undefined) throw new EngineError('ENODATA', 'SNAPSHOT_ERRNO', `${show(device)} has no snapstore`);
+    if (snapstore === undefined) throw new EngineError('ENODATA', 'SNAPSHOT_ERRNO', `${showDevice(device)} has no snapstore`);
     if (!snapstore.overflowed) return { ok: true };
     return { ok: false, errno: ENODATA, code: 'ENODATA', reason: 'the snapstore ran out of space' };
   }
 
   async openImage(image: SnapshotImage): Promise<ImageReader> {
-    const snapshot = this.live().snapshots.find((s) => s.images.some((i) => same(i.image, image.image)));
-    if (snapshot === undefined) throw new EngineError('ENOENT', 'open', `image ${show(image.image)} does not exist`);
-    const reader = await DirectReader.open(snapshot.images.find((i) => same(i.image, image.image))!.path);
+    const snapshot = this.live().snapshots.find((s) => s.images.some((i) => sameDevice(i.image, image.image)));
+    if (snapshot === undefined) throw new EngineError('ENOENT', 'open', `image ${showDevice(image.image)} does not exist`);
+    const reader = await DirectReader.open(snapshot.images.find((i) => sameDevice(i.image, image.image))!.path);
     const corrupt = (): boolean => this.snapstoreServing(image.original)?.overflowed === true;
     return {
       path: reader.path,
@@ -685,7 +684,7 @@ export class SimulatedEngine implements SnapshotEngine {
       const provenFill = new Map<SnapstoreState, number>();
       for (const image of next.snapshots.flatMap((s) => s.images)) {
         // A disk no longer configured cannot be compared; its snapshot can still be destroyed.
-        const disk = this.diskList.find((d) => same(d.device, image.original));
+        const disk = this.diskList.find((d) => sameDevice(d.device, image.original));
         if (disk === undefined) continue;
         const copied = new Set<number>();
         const size = (await fsp.stat(image.path)).size;
@@ -745,27 +744,27 @@ export class SimulatedEngine implements SnapshotEngine {
   }
 
   private disk(device: DeviceId, operation: string): SimulatedDisk {
-    const disk = this.diskList.find((d) => same(d.device, device));
-    if (disk === undefined) throw new EngineError('ENODEV', operation, `${show(device)} is not one of the simulated disks`);
+    const disk = this.diskList.find((d) => sameDevice(d.device, device));
+    if (disk === undefined) throw new EngineError('ENODEV', operation, `${showDevice(device)} is not one of the simulated disks`);
     return disk;
   }
 
   private tracker(device: DeviceId, state = this.live()): TrackerState | undefined {
-    return state.trackers.find((t) => same(t.device, device));
+    return state.trackers.find((t) => sameDevice(t.device, device));
   }
 
   private snapshotOf(device: DeviceId, state = this.live()): SnapshotState | undefined {
-    return state.snapshots.find((s) => s.devices.some((d) => same(d, device)));
+    return state.snapshots.find((s) => s.devices.some((d) => sameDevice(d, device)));
   }
 
   /** The snapstore record a new snapshot of `device` would use: created and not cleaned up. */
   private snapstoreRecord(device: DeviceId): SnapstoreState | undefined {
-    return this.live().snapstores.find((s) => !s.cleanedUp && s.devices.some((d) => same(d, device)));
+    return this.live().snapstores.find((s) => !s.cleanedUp && s.devices.some((d) => sameDevice(d, device)));
   }
 
   /** The snapstore receiving `device`'s copy-on-write data, cleaned up or not. */
   private snapstoreServing(device: DeviceId, state = this.live()): SnapstoreState | undefined {
-    return state.snapstores.find((s) => s.devices.some((d) => same(d, device)));
+    return state.snapstores.find((s) => s.devices.some((d) => sameDevice(d, device)));
   }
 
   private snapstore(id: string, operation: string, state = this.live()): SnapstoreState {

@@ -3,17 +3,9 @@
 // veeamsnap.ts drives the kernel module, simulated.ts models it for machines without one.
 import type { EventEmitter } from 'node:events';
 
-/** A block device number. Images and originals are always named this way, as the kernel does. */
-export interface DeviceId {
-  major: number;
-  minor: number;
-}
+import type { ByteRange, DeviceId } from '../core/devices';
 
-/** A byte range [offset, offset + length) on a block device. */
-export interface ByteRange {
-  offset: number;
-  length: number;
-}
+export type { ByteRange, DeviceId };
 
 export interface TrackerInfo {
   device: DeviceId;

@@ -14,13 +14,14 @@ import path from 'node:path';
 import { isSystemError } from '../native/binding';
 import { DirectReader } from '../native/reader';
 import { SnapstorePipe } from '../native/snapstore-pipe';
-import { DEFAULT_CONTROL_DEVICE, VeeamsnapControl, kernelEntriesFromKallsyms, type TrackerInfo as KernelTracker } from '../native/veeamsnap';
+import { DEFAULT_CONTROL_DEVICE, VeeamsnapControl, kernelEntriesFromKallsyms, type VeeamsnapTracker as KernelTracker } from '../native/veeamsnap';
 import { SerialQueue } from '../core/serial';
 import { EngineError } from './errors';
 import type {
   ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,
   SnapstoreEvent, SnapstoreOptions, SnapstoreUsage, TrackerInfo,
 } from './types';
+import { sameDevice } from '../core/devices';
 
 const CBT_READ_CHUNK = 4 * 1024 * 1024;
 const ACK_TIMEOUT_MS = 10_000;
@@ -44,7 +45,6 @@ interface HandleFile {
   snapshots: Record<string, { kernelId: string; devices: DeviceId[] }>;
 }
 
-const same = (a: DeviceId, b: DeviceId): boolean => a.major === b.major && a.minor === b.minor;
 const show = (device: DeviceId): string => `${device.major}:${device.minor}`;
 
 /** The 16 generation bytes in the canonical UUID text form. */
@@ -228,7 +228,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
 
   async readCbtMap(device: DeviceId): Promise<Buffer> {
     const control = this.live();
-    const tracker = (await control.trackingCollect()).find((t) => same(t.device, device));
+    const tracker = (await control.trackingCollect()).find((t) => sameDevice(t.device, device));
     if (tracker === undefined) throw new EngineError('ENODATA', 'IOCTL_TRACKING_READ_CBT_BITMAP', `${show(device)} is not tracked`);
     const map = Buffer.alloc(tracker.cbtMapSize);
     for (let offset = 0; offset < map.length; offset += CBT_READ_CHUNK) {
@@ -295,7 +295,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
       const control = this.live();
       // The module would break the other snapshot on EALREADY (spec §8.6): refuse it here.
       const before = await control.collectSnapshotImages();
-      const busy = devices.find((d) => before.some((image) => same(image.original, d)));
+      const busy = devices.find((d) => before.some((image) => sameDevice(image.original, d)));
       if (busy !== undefined) throw new EngineError('EALREADY', 'IOCTL_SNAPSHOT_CREATE', `${show(busy)} is already in a snapshot`);
 
       const kernelId = await control.snapshotCreate(devices);
@@ -305,7 +305,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
       try {
         const after = await control.collectSnapshotImages();
         const images: SnapshotImage[] = devices.map((device) => {
-          const found = after.filter((i) => same(i.original, device) && !before.some((b) => same(b.image, i.image)));
+          const found = after.filter((i) => sameDevice(i.original, device) && !before.some((b) => sameDevice(b.image, i.image)));
           if (found.length !== 1) {
             throw new EngineError('EIO', 'IOCTL_COLLECT_SNAPSHOT_IMAGES', `expected one new image of ${show(device)}, found ${found.length}`);
           }
@@ -339,7 +339,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
     return Object.entries(this.handles?.snapshots ?? {}).map(([handle, entry]) => ({
       handle,
       devices: entry.devices.map((d) => ({ ...d })),
-      images: images.filter((i) => entry.devices.some((d) => same(d, i.original))),
+      images: images.filter((i) => entry.devices.some((d) => sameDevice(d, i.original))),
     }));
   }
 

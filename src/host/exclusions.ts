@@ -7,7 +7,8 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../core/log';
-import { decodeDeviceNumber, fileSystemDevice, kernelName, showDevice, type Sysfs } from './sysfs';
+import { showDevice } from '../core/devices';
+import { decodeDeviceNumber, fileSystemDevice, kernelName, type Sysfs } from './sysfs';
 
 /**
  * Kernel names of every device beneath the destinations' filesystems. Rejects when a destination

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import type { DeviceId } from '../engine/types';
+import { parseDeviceId, showDevice, type DeviceId } from '../core/devices';
 
 /** A sysfs attribute that is missing or does not hold what it should. */
 export class SysfsError extends Error {
@@ -13,14 +13,6 @@ export class SysfsError extends Error {
     this.name = 'SysfsError';
   }
 }
-
-/** "8:16" and friends, as sysfs and /proc spell device numbers. */
-export function parseDeviceId(text: string): DeviceId | undefined {
-  const match = /^(\d+):(\d+)$/.exec(text.trim());
-  return match ? { major: Number(match[1]), minor: Number(match[2]) } : undefined;
-}
-
-export const showDevice = (device: DeviceId): string => `${device.major}:${device.minor}`;
 
 /** A dev_t as stat returns it (glibc's major/minor encoding). */
 export function decodeDeviceNumber(dev: bigint): DeviceId {

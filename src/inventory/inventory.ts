@@ -14,6 +14,7 @@ import type { DiskEntry, DiskListOptions, LocationInfo, MappingInfo } from '../s
 import { eligibleDisks, type Disk, type DiskSource } from '../storage/disks';
 import { DiskWatcher } from '../storage/hotplug';
 import { locationStatus, requireBlockDevice, resolveLocation, type SnapstoreLocation } from '../storage/locations';
+import { sameDevice } from '../core/devices';
 
 export interface InventoryOptions {
   engine: SnapshotEngine;
@@ -32,7 +33,6 @@ export interface InventoryOptions {
 /** Snapstore directories are named by their 32-hex-digit id and hold only .chunk files. */
 const SNAPSTORE_DIR = /^[0-9a-f]{32}$/;
 
-const same = (a: DeviceId, b: DeviceId): boolean => a.major === b.major && a.minor === b.minor;
 
 export class Inventory {
   private locations: SnapstoreLocation[] = [];
@@ -58,7 +58,7 @@ export class Inventory {
 
     for (const row of state.trackedDisks()) {
       const disk = await this.options.source.get(row.id);
-      if (disk === undefined || !same(disk.device, row)) {
+      if (disk === undefined || !sameDevice(disk.device, row)) {
         log.warn({ disk: row.id }, 'a tracked disk is gone: it stays known but cannot be snapshotted until it returns');
         continue;
       }
@@ -138,7 +138,7 @@ export class Inventory {
   // ---- disks
 
   private trackingId(disk: Disk): string | null {
-    return this.state.trackedDisks().find((row) => same(row, disk.device))?.id ?? null;
+    return this.state.trackedDisks().find((row) => sameDevice(row, disk.device))?.id ?? null;
   }
 
   async listDisks(options: DiskListOptions): Promise<DiskEntry[]> {
@@ -150,7 +150,7 @@ export class Inventory {
     const row = this.state.trackedDisk(id);
     if (row === undefined) throw notFound(`disk ${id} is not tracked`);
     const disk = await this.options.source.get(id);
-    if (disk === undefined || !same(disk.device, row)) throw notFound(`disk ${id} is tracked but not present`);
+    if (disk === undefined || !sameDevice(disk.device, row)) throw notFound(`disk ${id} is tracked but not present`);
     return { disk, trackingId: id };
   }
 

@@ -13,6 +13,7 @@ import client from 'prom-client';
 import type { AgentState } from '../db/state';
 import type { SnapshotEngine } from '../engine/types';
 import type { AgentService } from '../service';
+import { sameDevice } from '../core/devices';
 
 const PREFIX = 'coriolis_agent_';
 const registry = new client.Registry();
@@ -136,7 +137,7 @@ export function registerMetricSources(next: MetricSources): () => void {
 export async function trackedCbt(engine: SnapshotEngine, state: AgentState): Promise<CbtState[]> {
   const trackers = await engine.listTrackers();
   return state.trackedDisks().flatMap((disk) => {
-    const tracker = trackers.find(({ device }) => device.major === disk.major && device.minor === disk.minor);
+    const tracker = trackers.find(({ device }) => sameDevice(device, disk));
     return tracker === undefined ? [] : [{ disk: disk.id, generationId: tracker.generationId, snapshotNumber: tracker.snapshotNumber }];
   });
 }

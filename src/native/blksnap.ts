@@ -4,7 +4,7 @@
 // waiting for image nodes) belongs to the engine. Every kernel failure rejects with a
 // SystemError whose `syscall` is the ioctl's name and whose `code` is the errno name.
 import { binding } from './binding';
-import type { DeviceId } from './veeamsnap';
+import type { DeviceId } from '../core/devices';
 
 export const DEFAULT_BLKSNAP_CONTROL_DEVICE = '/dev/veeamblksnap';
 /** The module's name in /sys/module and for modprobe; images are /dev/veeamblksnapimg<minor>. */

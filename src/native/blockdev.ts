@@ -1,13 +1,9 @@
 // Typed facade over the addon's block-device and filesystem queries.
+import type { ByteRange, DeviceId } from '../core/devices';
 import { binding, isSystemError } from './binding';
 import { checkByteCount, checkPath } from './validate';
 
-export interface DeviceNumber {
-  major: number;
-  minor: number;
-}
-
-export interface BlockDeviceInfo extends DeviceNumber {
+export interface BlockDeviceInfo extends DeviceId {
   /**
    * 'block': size from BLKGETSIZE64, block sizes from BLKSSZGET/BLKPBSZGET, major:minor of the
    * device itself. 'file': st_size; logicalBlockSize is the filesystem's O_DIRECT offset alignment
@@ -44,15 +40,9 @@ export async function allocateFile(path: string, size: number): Promise<void> {
   }
 }
 
-/** A byte range: `length` bytes from `offset`, no inclusive end. */
-export interface ByteRange {
-  offset: number;
-  length: number;
-}
-
 export interface FileExtents {
   /** The block device that the ranges are offsets on: the one holding the file's filesystem. */
-  device: DeviceNumber;
+  device: DeviceId;
   /** In file order; neighbours contiguous both in the file and on the device are merged. */
   ranges: ByteRange[];
 }
@@ -77,7 +67,7 @@ const UNMAPPABLE_FLAGS = ['UNKNOWN', 'DELALLOC', 'ENCODED', 'DATA_ENCRYPTED', 'N
  */
 export async function fileExtents(path: string): Promise<FileExtents> {
   checkPath(path);
-  const mapped: { device: DeviceNumber; extents: NativeExtent[] } = await binding.fileExtents(path);
+  const mapped: { device: DeviceId; extents: NativeExtent[] } = await binding.fileExtents(path);
   const { major, minor } = mapped.device;
   if (major === 0) {
     throw Object.assign(

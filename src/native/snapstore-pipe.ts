@@ -5,7 +5,8 @@
 import { EventEmitter } from 'node:events';
 
 import { binding } from './binding';
-import { DEFAULT_CONTROL_DEVICE, toWireRanges, type ByteRange, type Bytes, type DeviceId, type SnapstoreStorage } from './veeamsnap';
+import type { DeviceId } from '../core/devices';
+import { DEFAULT_CONTROL_DEVICE, toWireRanges, type Bytes, type KernelRange, type SnapstoreStorage } from './veeamsnap';
 
 /** The answer to INITIATE: errno 0 = created; otherwise the errno it failed with. */
 export interface AckEvent {
@@ -116,12 +117,12 @@ export class SnapstorePipe extends EventEmitter {
   }
 
   /** Writes NEXT_PORTION: adds byte ranges of the storage device to this pipe's snapstore. */
-  async nextPortion(ranges: readonly ByteRange[]): Promise<void> {
+  async nextPortion(ranges: readonly KernelRange[]): Promise<void> {
     await this.write('NEXT_PORTION', { id: this.requireSnapstore(), ranges: toWireRanges(ranges) });
   }
 
   /** Writes NEXT_PORTION_MULTIDEV: adds byte ranges on `device` to a multi-device snapstore. */
-  async nextPortionMultidev(device: DeviceId, ranges: readonly ByteRange[]): Promise<void> {
+  async nextPortionMultidev(device: DeviceId, ranges: readonly KernelRange[]): Promise<void> {
     await this.write('NEXT_PORTION_MULTIDEV', { id: this.requireSnapstore(), device, ranges: toWireRanges(ranges) });
   }
 

@@ -5,6 +5,7 @@
 // to the engine above. Every kernel failure rejects with a SystemError whose `syscall` is the
 // ioctl's name (e.g. 'IOCTL_TRACKING_ADD') and whose `code` is the errno name.
 import { binding } from './binding';
+import type { DeviceId } from '../core/devices';
 
 export const DEFAULT_CONTROL_DEVICE = '/dev/veeamsnap';
 
@@ -14,17 +15,11 @@ export const SECTOR_SIZE = 512;
 /** The symbol the module requires as element 0 of IOCTL_SET_KERNEL_ENTRIES (module 5.0.2+). */
 export const KERNEL_ENTRY_BASE_SYMBOL = '__request_module';
 
-/** A block device number, as `stat().st_rdev` / `/sys/class/block/<name>/dev` give it. */
-export interface DeviceId {
-  major: number;
-  minor: number;
-}
-
 /** A byte count: a bigint, or a number that is a safe integer. */
 export type Bytes = bigint | number;
 
-/** A span of a block device in bytes; offset and length must be multiples of 512. */
-export interface ByteRange {
+/** A span of a block device in bytes as the ABI takes it: bigint allowed, multiples of 512. */
+export interface KernelRange {
   offset: Bytes;
   length: Bytes;
 }
@@ -49,7 +44,7 @@ export interface CompatibilityFlags {
 }
 
 /** One tracked device, from IOCTL_TRACKING_COLLECT. */
-export interface TrackerInfo {
+export interface VeeamsnapTracker {
   device: DeviceId;
   capacityBytes: bigint;
   /** CBT blocks = map bytes; 0 if the tracker has no map. */
@@ -91,7 +86,7 @@ function toBigInt(value: Bytes, what: string): bigint {
  * exclusive, so a FIEMAP extent is [physical, physical + length), never "- 1"). Rejects empty,
  * negative, overflowing and non-512-aligned ranges: the kernel would silently truncate them.
  */
-export function toWireRanges(ranges: readonly ByteRange[]): WireRange[] {
+export function toWireRanges(ranges: readonly KernelRange[]): WireRange[] {
   if (ranges.length === 0) throw new RangeError('at least one range is required');
   return ranges.map((range, i) => {
     const left = toBigInt(range.offset, `ranges[${i}].offset`);
@@ -200,8 +195,8 @@ export class VeeamsnapControl {
   }
 
   /** IOCTL_TRACKING_COLLECT: count, then fetch (counting again if trackers appeared). */
-  trackingCollect(): Promise<TrackerInfo[]> {
-    return this.call('IOCTL_TRACKING_COLLECT') as Promise<TrackerInfo[]>;
+  trackingCollect(): Promise<VeeamsnapTracker[]> {
+    return this.call('IOCTL_TRACKING_COLLECT') as Promise<VeeamsnapTracker[]>;
   }
 
   /** IOCTL_TRACKING_BLOCK_SIZE: the module parameter in bytes, not necessarily a map's. */
@@ -229,12 +224,12 @@ export class VeeamsnapControl {
   }
 
   /** IOCTL_SNAPSTORE_FILE: byte ranges of the snapstore's storage device. */
-  async snapstoreFile(id: Buffer, ranges: readonly ByteRange[]): Promise<void> {
+  async snapstoreFile(id: Buffer, ranges: readonly KernelRange[]): Promise<void> {
     await this.call('IOCTL_SNAPSTORE_FILE', { id, ranges: toWireRanges(ranges) });
   }
 
   /** IOCTL_SNAPSTORE_FILE_MULTIDEV: byte ranges on `device` for a multi-device snapstore. */
-  async snapstoreFileMultidev(id: Buffer, device: DeviceId, ranges: readonly ByteRange[]): Promise<void> {
+  async snapstoreFileMultidev(id: Buffer, device: DeviceId, ranges: readonly KernelRange[]): Promise<void> {
     await this.call('IOCTL_SNAPSTORE_FILE_MULTIDEV', { id, device, ranges: toWireRanges(ranges) });
   }
 

@@ -4,9 +4,10 @@
 //   flags 0 (never a hole, contents not known to be zero), which is always correct.
 // - qemu:dirty-bitmap:since-<p>, for each earlier snapshot p = 1..n-1 of the export's CBT
 //   generation (n being the export's own snapshot number): flag 1 (dirty) on the blocks
-//   changed after snapshot p, i.e. whose CBT stamp s has p < s <= n. The CBT block is the
-//   granularity; a block past the end of the map counts as dirty, since nothing proves it clean.
+//   changed after snapshot p, by the one rule of snapshots/changes.ts (which REST's changes
+//   route answers from too). The CBT block is the granularity.
 import type { Export } from '../exports/types';
+import { changedSince } from '../snapshots/changes';
 import {
   BASE_ALLOCATION_CONTEXT, BASE_NAMESPACE, DirtyState, MAX_EXTENTS_PER_CHUNK, QEMU_DIRTY_BITMAP_PREFIX, QEMU_NAMESPACE,
   type Extent,
@@ -60,11 +61,7 @@ export function contextExtents(context: MetaContext, exported: Export, offset: n
 
 function dirtyExtents(exported: Export, since: number, start: number, end: number, maxExtents: number): Extent[] {
   const { map, blockSize, snapshotNumber } = exported.cbt;
-  const isDirty = (block: number): boolean => {
-    if (block >= map.length) return true;
-    const stamp = map[block]!;
-    return stamp > since && stamp <= snapshotNumber;
-  };
+  const isDirty = (block: number): boolean => changedSince(map, block, since, snapshotNumber);
   const extents: Extent[] = [];
   let position = start;
   while (position < end && extents.length < maxExtents) {

@@ -19,7 +19,8 @@ import type { ImageReader } from '../engine/types';
 import type { Export, ExportRegistry } from '../exports/types';
 import type { Logger } from '../core/log';
 import { listContexts, selectContexts, type MetaContext } from './contexts';
-import { upgradeToTls, type NbdTlsMaterial } from './tls';
+import type { TlsMaterial } from '../doors/tls';
+import { upgradeToTls } from './tls';
 import {
   ClientFlag, CLIENT_FLAGS_LENGTH, decodeExportName, decodeInfoRequest, decodeMetaContextRequest, decodeOptionHeader,
   encodeExportNameReply, encodeGreeting, encodeInfoBlockSize, encodeInfoExport, encodeInfoString, encodeMetaContextReply,
@@ -65,7 +66,7 @@ export interface HandshakeSettings {
   registry: ExportRegistry;
   log: Logger;
   /** null when TLS is off (loopback and Unix sockets only). */
-  tls: NbdTlsMaterial | null;
+  tls: TlsMaterial | null;
   /** Checked once TLS is up; it restricts nothing when TLS is off (the server refuses that pairing). */
   allowList: ClientAllowList;
 }

@@ -13,7 +13,7 @@ import type { ExportRegistry } from '../exports/types';
 import type { Logger } from '../core/log';
 import type { ReadLimits } from '../doors/limits';
 import { closeGently, negotiate } from './handshake';
-import { checkTlsMaterial, isLoopbackAddress, type NbdTlsMaterial } from './tls';
+import { checkTlsMaterial, isLoopbackAddress, type TlsMaterial } from '../doors/tls';
 import { DEFAULT_STALL_TIMEOUT_MS, Transmission } from './transmission';
 
 export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -22,7 +22,7 @@ export const DEFAULT_MAX_HANDSHAKES = 16;
 /** TCP keep-alive finds peers that vanished; an idle timeout is off by default because an attached kernel client may stay idle for days. */
 const KEEPALIVE_DELAY_MS = 30_000;
 
-export type NbdTlsOptions = { mode: 'off' } | ({ mode: 'require' } & NbdTlsMaterial);
+export type NbdTlsOptions = { mode: 'off' } | ({ mode: 'require' } & TlsMaterial);
 
 export interface NbdServerOptions {
   registry: ExportRegistry;
@@ -107,7 +107,7 @@ class Server implements NbdServer {
   /** The connections still in the handshake, oldest first. */
   private readonly handshakes = new Set<Connection>();
   private readonly finished = new Set<Promise<void>>();
-  private readonly tlsMaterial: NbdTlsMaterial | null;
+  private readonly tlsMaterial: TlsMaterial | null;
   private readonly allowList: ClientAllowList;
   private readonly maxHandshakes: number;
   private readonly handshakeTimeoutMs: number;

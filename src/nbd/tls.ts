@@ -1,21 +1,8 @@
-// TLS for NBD: the in-session upgrade after NBD_OPT_STARTTLS (TLS 1.2 or newer, a client
-// certificate signed by the configured CA required), and the rule that plaintext is only
-// for loopback.
-import net from 'node:net';
+// TLS for NBD: the in-session upgrade after NBD_OPT_STARTTLS, with the same server options as
+// the REST API (doors/tls.ts).
+import type net from 'node:net';
 import tls from 'node:tls';
-
-export interface NbdTlsMaterial {
-  /** PEM server certificate, optionally followed by its chain. */
-  certificate: string;
-  key: string;
-  /** PEM bundle of the CAs that sign client certificates. */
-  caCertificate: string;
-}
-
-/** Throws now, at start, on PEM material that would fail every handshake later. */
-export function checkTlsMaterial(material: NbdTlsMaterial): void {
-  tls.createSecureContext({ cert: material.certificate, key: material.key, ca: material.caCertificate, minVersion: 'TLSv1.2' });
-}
+import { serverTlsOptions, type TlsMaterial } from '../doors/tls';
 
 /**
  * Runs the server side of the TLS handshake over `socket` and resolves with the encrypted
@@ -25,16 +12,9 @@ export function checkTlsMaterial(material: NbdTlsMaterial): void {
  * The socket is handed to a tls.Server that never listens: only its connection handling checks
  * the client certificate (a bare TLSSocket completes the handshake whatever the client sent).
  */
-export function upgradeToTls(socket: net.Socket, material: NbdTlsMaterial): Promise<tls.TLSSocket> {
+export function upgradeToTls(socket: net.Socket, material: TlsMaterial): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
-    const server = tls.createServer({
-      cert: material.certificate,
-      key: material.key,
-      ca: material.caCertificate,
-      minVersion: 'TLSv1.2',
-      requestCert: true,
-      rejectUnauthorized: true,
-    });
+    const server = tls.createServer(serverTlsOptions(material));
     server.once('secureConnection', (secure: tls.TLSSocket) => {
       server.removeAllListeners('tlsClientError');
       resolve(secure);
@@ -49,10 +29,4 @@ export function upgradeToTls(socket: net.Socket, material: NbdTlsMaterial): Prom
     });
     server.emit('connection', socket);
   });
-}
-
-export function isLoopbackAddress(address: string): boolean {
-  const plain = address.startsWith('::ffff:') ? address.slice('::ffff:'.length) : address;
-  if (net.isIPv4(plain)) return plain.split('.')[0] === '127';
-  return net.isIPv6(address) && (address === '::1' || address === '0:0:0:0:0:0:0:1');
 }

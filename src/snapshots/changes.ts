@@ -6,7 +6,11 @@
 // p < stamp <= current. Anything that cannot be answered that way, such as an unknown or
 // different generation (re-tracking, resize, the 255 wrap) or a baseline of 0, gets a full copy.
 // A baseline newer than this snapshot in its own generation cannot exist: it is refused, since
-// any answer would hide a client that mixed up its snapshots.
+// any answer would hide a client that mixed up its snapshots. Blocks of the device past the end
+// of the map (a disk that grew under a map that did not) count as changed: nothing proves them
+// clean, and skipping them would leave stale bytes in the copy.
+//
+// The REST changes route and the NBD dirty-bitmap contexts both answer from this rule.
 import { invalid } from '../core/errors';
 
 export interface ChangedRange {
@@ -29,6 +33,13 @@ export interface ChangesQuery {
 export interface Changes {
   backupType: 'full' | 'incremental';
   ranges: ChangedRange[];
+}
+
+/** The rule itself: was `block` changed after snapshot `since`, as of snapshot `current`? */
+export function changedSince(map: Uint8Array, block: number, since: number, current: number): boolean {
+  if (block >= map.length) return true;
+  const stamp = map[block]!;
+  return stamp > since && stamp <= current;
 }
 
 const SKIP = 4096;
@@ -61,7 +72,8 @@ export function computeChanges(query: ChangesQuery): Changes {
   isChange.fill(1, previous + 1, current + 1);
   const singleStamp = previous + 1 === current;
   const ranges: ChangedRange[] = [];
-  const blocks = Math.min(map.length, Math.ceil(deviceSize / blockSize));
+  const deviceBlocks = Math.ceil(deviceSize / blockSize);
+  const blocks = Math.min(map.length, deviceBlocks);
   let runStart = -1;
   // Blocks in a row that were all changed or all unchanged. Native searches pay off only across
   // long stretches, so they wait for a streak.
@@ -90,10 +102,12 @@ export function computeChanges(query: ChangesQuery): Changes {
       streak = 0;
     }
   }
+  // Blocks the map does not cover are changed (see above): they extend or follow the last run.
+  if (blocks < deviceBlocks && runStart < 0) runStart = blocks;
   if (runStart >= 0) {
     // The last run may end in the partial last block: clamp it to the device.
     const offset = runStart * blockSize;
-    ranges.push({ offset, length: Math.min(blocks * blockSize, deviceSize) - offset });
+    ranges.push({ offset, length: deviceSize - offset });
   }
   return { backupType: 'incremental', ranges };
 }

@@ -18,6 +18,7 @@ import type { Logger } from '../core/log';
 import type { ChangesRequest, Snapshot, SnapshotChanges, SnapstoreInfo, VolumeSnapshot } from '../service';
 import { deleteSnapstoreFiles, recordedFill, SnapstoreWatcher } from '../watchers/watcher';
 import { computeChanges } from './changes';
+import { sameDevice } from '../core/devices';
 
 /** Share of a disk's size given to its snapstore up front (the original agent's choice). */
 const INITIAL_SPACE_RATIO = 0.2;
@@ -255,9 +256,8 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     const trackers = await engine.listTrackers();
     const volumes: Array<Parameters<AgentState['completeVolume']>[0]> = [];
     for (const disk of disks) {
-      const same = (d: DeviceId): boolean => d.major === disk.device.major && d.minor === disk.device.minor;
-      const image = info.images.find((i) => same(i.original));
-      const tracker = trackers.find((t) => same(t.device));
+      const image = info.images.find((i) => sameDevice(i.original, disk.device));
+      const tracker = trackers.find((t) => sameDevice(t.device, disk.device));
       if (image === undefined || tracker === undefined) throw new Error(`the kernel reported no image or tracker for disk ${disk.id}`);
       // The map is only readable while the snapshot exists; it is kept for the changes queries.
       const cbtMap = await engine.readCbtMap(disk.device);
@@ -324,7 +324,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   private async assertNoImages(snapshotId: string): Promise<void> {
     const images = await this.options.engine.listImages();
     for (const volume of this.state.volumes(snapshotId)) {
-      if (images.some((i) => i.original.major === volume.originalMajor && i.original.minor === volume.originalMinor)) {
+      if (images.some((i) => sameDevice(i.original, device(volume.originalMajor, volume.originalMinor)))) {
         throw new Error(`the kernel still has an image of disk ${volume.diskId}: snapshot ${snapshotId}'s snapstores are kept until it is gone`);
       }
     }

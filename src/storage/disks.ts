@@ -20,7 +20,8 @@ import type { Logger } from '../core/log';
 import { queryBlockDevice } from '../native/blockdev';
 import { blkidProbe, partitionEntries, type BlkidProbe, type BlkidValues, type PartitionEntry } from '../host/blkid';
 import { activeSwapDevices, excludedDevices } from '../host/exclusions';
-import { devName, kernelName, showDevice, Sysfs } from '../host/sysfs';
+import { sameDevice, showDevice } from '../core/devices';
+import { devName, kernelName, Sysfs } from '../host/sysfs';
 
 export interface Partition {
   /** DEVNAME, e.g. "sda1"; inside a disk file, the name the kernel would give it. */
@@ -436,7 +437,7 @@ export class SimulatedDiskCatalog implements DiskSource {
   }
 
   async byDevice(device: DeviceId): Promise<Disk | undefined> {
-    const index = this.entries.findIndex((entry) => entry.device.major === device.major && entry.device.minor === device.minor);
+    const index = this.entries.findIndex((entry) => sameDevice(entry.device, device));
     return index < 0 ? undefined : this.describeListed(index);
   }
 

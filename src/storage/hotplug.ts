@@ -11,7 +11,8 @@ import fs from 'node:fs';
 import readline from 'node:readline';
 import type { Logger } from '../core/log';
 import type { Disk, DiskSource, ListOptions } from './disks';
-import { showDevice, Sysfs } from '../host/sysfs';
+import { showDevice } from '../core/devices';
+import { Sysfs } from '../host/sysfs';
 
 export interface DiskWatcherOptions {
   source: DiskSource;

@@ -4,7 +4,8 @@
 import path from 'node:path';
 import type { DeviceId } from '../engine/types';
 import { fsStats } from '../native/blockdev';
-import { fileSystemDevice, showDevice, Sysfs } from '../host/sysfs';
+import { showDevice } from '../core/devices';
+import { fileSystemDevice, Sysfs } from '../host/sysfs';
 
 export interface SnapstoreLocation {
   /** The destination directory; also the location's id in the API. */

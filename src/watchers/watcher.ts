@@ -21,6 +21,7 @@ import type { Logger } from '../core/log';
 import { faultPoint } from '../core/faults';
 import { countSnapstoreGrowth, countSnapstoreOverflow } from '../metrics/metrics';
 import { allocateFile, fileExtents, fsStats } from '../native/blockdev';
+import { sameDevice } from '../core/devices';
 
 export interface WatcherOptions {
   engine: SnapshotEngine;
@@ -46,7 +47,6 @@ export interface SnapstoreFill {
 export const recordedFill = (row: SnapstoreRow): SnapstoreFill =>
   ({ filledBytes: row.filledBytes, measuredAt: row.filledAt === null ? null : new Date(row.filledAt) });
 
-const same = (a: DeviceId, b: DeviceId): boolean => a.major === b.major && a.minor === b.minor;
 
 /** Rounds up to whole MiB, which is whole copy-on-write blocks and whole sectors. */
 export const roundToMiB = (bytes: number): number => Math.ceil(bytes / 2 ** 20) * 2 ** 20;
@@ -162,7 +162,7 @@ export class SnapstoreWatcher {
       await allocateFile(file, size);
       faultPoint('space:allocated');
       const extents = await fileExtents(file);
-      if (!same(extents.device, this.storage)) {
+      if (!sameDevice(extents.device, this.storage)) {
         throw new Error(`${file} is on ${extents.device.major}:${extents.device.minor}, not on the location's device ${this.storage.major}:${this.storage.minor}`);
       }
       const ranges: ByteRange[] = extents.ranges;

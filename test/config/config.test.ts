@@ -120,6 +120,8 @@ unix_socket = "/run/csa/nbd.sock"
   test('NBD without TLS is accepted on loopback', () => {
     const config = parseConfig(validToml() + '\n[nbd]\nbind = "127.0.0.1"\ntls = "off"\n', FILE);
     assert.equal(config.nbd.tls, 'off');
+    // The same rule as the NBD server's: ::1 in any spelling.
+    assert.equal(parseConfig(validToml() + '\n[nbd]\nbind = "0:0:0:0:0:0:0:1"\ntls = "off"\n', FILE).nbd.tls, 'off');
   });
 
   test('the simulated engine takes its disks from [simulated]', () => {

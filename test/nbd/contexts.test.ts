@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Export } from '../../src/exports/types';
 import { contextExtents, exportContexts, listContexts, selectContexts, type MetaContext } from '../../src/nbd/contexts';
+import { computeChanges } from '../../src/snapshots/changes';
 
 function exportWith(cbt: Export['cbt'], sizeBytes: number): Export {
   return {
@@ -82,5 +83,43 @@ describe('NBD metadata contexts', () => {
     assert.equal(extents.length, map.length);
     assert.equal(extents.reduce((sum, e) => sum + e.length, 0), size);
     assert.ok(performance.now() - started < 500);
+  });
+});
+
+describe('the dirty bitmaps and REST changes give one answer', () => {
+  /** Dirty extents of a whole export as merged [offset, length) runs. */
+  function dirtyRuns(of: Export, sinceSnapshot: number): Array<{ offset: number; length: number }> {
+    const runs: Array<{ offset: number; length: number }> = [];
+    let offset = 0;
+    while (offset < of.sizeBytes) {
+      for (const extent of contextExtents(since(sinceSnapshot), of, offset, of.sizeBytes - offset)) {
+        const last = runs[runs.length - 1];
+        if (extent.flags !== 0 && last !== undefined && last.offset + last.length === offset) last.length += extent.length;
+        else if (extent.flags !== 0) runs.push({ offset, length: extent.length });
+        offset += extent.length;
+      }
+    }
+    return runs;
+  }
+
+  const changes = (of: Export, previousNumber: number): Array<{ offset: number; length: number }> => computeChanges({
+    map: of.cbt.map, blockSize: of.cbt.blockSize, deviceSize: of.sizeBytes, generationId: of.cbt.generationId,
+    snapshotNumber: of.cbt.snapshotNumber, previousGenerationId: of.cbt.generationId, previousNumber,
+  }).ranges;
+
+  it('on the same map, for every earlier snapshot', () => {
+    for (let p = 1; p < exported.cbt.snapshotNumber; p++) assert.deepEqual(dirtyRuns(exported, p), changes(exported, p), `since ${p}`);
+  });
+
+  it('on a disk that grew past its map: the blocks the map does not cover are changed in both', () => {
+    // Stamps for 4 blocks; the disk has 6.5: blocks 4 to 6 were never tracked.
+    const grown = exportWith({ generationId: 'g', snapshotNumber: 3, blockSize: BLOCK, map: Buffer.from([0, 3, 0, 0]) }, 6 * BLOCK + 512);
+    const expected = [{ offset: BLOCK, length: BLOCK }, { offset: 4 * BLOCK, length: 2 * BLOCK + 512 }];
+    assert.deepEqual(changes(grown, 2), expected);
+    assert.deepEqual(dirtyRuns(grown, 2), expected);
+    // The last covered block changed: one run from it to the end of the disk.
+    const lastChanged = exportWith({ ...grown.cbt, map: Buffer.from([0, 0, 0, 3]) }, 6 * BLOCK + 512);
+    assert.deepEqual(changes(lastChanged, 2), [{ offset: 3 * BLOCK, length: 3 * BLOCK + 512 }]);
+    assert.deepEqual(dirtyRuns(lastChanged, 2), changes(lastChanged, 2));
   });
 });

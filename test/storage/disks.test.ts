@@ -7,7 +7,8 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { DeviceId } from '../../src/engine/types';
 import { DiskCatalog, diskToJSON, eligibleDisks, type Disk, type ListOptions } from '../../src/storage/disks';
-import { fileSystemDevice, showDevice } from '../../src/host/sysfs';
+import { showDevice } from '../../src/core/devices';
+import { fileSystemDevice } from '../../src/host/sysfs';
 import { fakeBlkid, fakeSysfs, recordingLogger, type FakeDevice } from './helpers';
 import type { BlkidValues } from '../../src/host/blkid';
 

@@ -5,7 +5,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { locationStatus, locationToJSON, requireBlockDevice, resolveLocation } from '../../src/storage/locations';
-import { fileSystemDevice, showDevice } from '../../src/host/sysfs';
+import { showDevice } from '../../src/core/devices';
+import { fileSystemDevice } from '../../src/host/sysfs';
 import { fakeSysfs } from './helpers';
 
 let tmp: string;

@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { DeviceId } from '../../../src/core/devices';
 
 const SEARCH_PATH = (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/sbin', '/usr/bin', '/bin']);
 
@@ -36,20 +37,15 @@ export function loopDevicesUnavailable(): string | undefined {
   return undefined;
 }
 
-export interface DeviceNumber {
-  major: number;
-  minor: number;
-}
-
 /** major:minor of a block device, as the kernel lists it in sysfs. */
-export function blockDeviceNumber(devicePath: string): DeviceNumber {
+export function blockDeviceNumber(devicePath: string): DeviceId {
   const [major, minor] = fs.readFileSync(`/sys/class/block/${path.basename(devicePath)}/dev`, 'utf8')
     .trim().split(':').map(Number);
   return { major: major!, minor: minor! };
 }
 
 /** major:minor of the device holding a file's filesystem (st_dev, glibc encoding). */
-export function fileSystemDeviceNumber(filePath: string): DeviceNumber {
+export function fileSystemDeviceNumber(filePath: string): DeviceId {
   const dev = fs.statSync(filePath, { bigint: true }).dev;
   return {
     major: Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn)),
@@ -57,7 +53,7 @@ export function fileSystemDeviceNumber(filePath: string): DeviceNumber {
   };
 }
 
-export interface LoopDevice extends DeviceNumber {
+export interface LoopDevice extends DeviceId {
   path: string;
   directIo: boolean;
   detach(): void;
