@@ -17,7 +17,7 @@ function time(name: string, map: Uint8Array): void {
     runs.push(performance.now() - start);
   }
   runs.sort((a, b) => a - b);
-  console.log(`${name.padEnd(34)} median ${runs[3]!.toFixed(1).padStart(6)} ms  min ${runs[0]!.toFixed(1).padStart(6)} ms  ${ranges} ranges`);
+  console.log(`${name.padEnd(34)} median ${runs[3].toFixed(1).padStart(6)} ms  min ${runs[0].toFixed(1).padStart(6)} ms  ${ranges} ranges`);
 }
 
 const unchanged = new Uint8Array(BLOCKS).fill(3);

@@ -46,7 +46,7 @@ const RUNS = Number(args.runs);
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
+  return sorted[Math.floor(sorted.length / 2)];
 }
 
 async function timed(action: () => Promise<unknown>): Promise<number> {
@@ -212,7 +212,7 @@ async function main(): Promise<void> {
       for (const contender of contenders) contender.runs.push(await measure(contender.action, contender.serverCpu));
     }
     const medians = new Map(contenders.map((contender) => [contender.name, median(contender.runs.map((r) => r.rate))]));
-    const raw = medians.get(contenders[0]!.name)!;
+    const raw = medians.get(contenders[0].name)!;
     await closeApiServer(server);
 
     process.stdout.write(`agent: ${consume.readAhead} reads ahead of ${consume.chunkSize / MiB} MiB, first read of a range up to ${consume.firstChunkSize / 1024} KiB; reader I/O threads: ${args['io-threads'] ?? 'default'}; ${os.cpus().length} CPUs\n`);

@@ -185,7 +185,7 @@ async function measure(image: string, certs: TestCerts, settings: ReadLimitSetti
   stop = true;
   await servers.close();
   await Promise.all(running);
-  return { seconds, rates: clients.map((client, index) => ({ door: client.door, rate: (after[index]! - before[index]!) / seconds })) };
+  return { seconds, rates: clients.map((client, index) => ({ door: client.door, rate: (after[index] - before[index]) / seconds })) };
 }
 
 /** Runs a client program to its end; resolves with how long it ran, in seconds. */
@@ -194,7 +194,7 @@ function timedRun(command: string, args: string[]): Promise<number> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
-    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
     child.on('error', reject);
     child.on('close', (code) => {
       if (code === 0) resolve(Number(process.hrtime.bigint() - started) / 1e9);

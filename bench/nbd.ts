@@ -42,12 +42,12 @@ type Mode = 'plain' | 'tls';
 interface Contender {
   label: string;
   /** Starts serving; resolves with the nbdcopy source URI, the server's CPU seconds so far, and how to stop. */
-  start(mode: Mode): Promise<{ uri: string; cpuSeconds(): number; stop(): Promise<void> }>;
+  start(mode: Mode): Promise<{ uri: string; cpuSeconds: () => number; stop(): Promise<void> }>;
 }
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
+  return sorted[Math.floor(sorted.length / 2)];
 }
 
 function createImage(file: string): void {
@@ -188,8 +188,8 @@ function key(label: string, mode: Mode): string {
 }
 
 function printTable(rounds: Round[], labels: string[]): void {
-  const ours = labels[0]!;
-  const qemu = labels[1]!;
+  const ours = labels[0];
+  const qemu = labels[1];
   const header = ['server', 'MB/s', 'ours / this', 'this / dd', 'busy', 'server CPU/GiB', 'other CPU/GiB'];
   const rows: string[][] = [['dd iflag=direct bs=4M', median(rounds.flatMap((r) => [...r.dd.values()])).toFixed(0), '', '1.00', '', '', '']];
   const perGiB = imageSize / (1024 * MiB);
@@ -207,8 +207,8 @@ function printTable(rounds: Round[], labels: string[]): void {
       ]);
     }
   }
-  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)));
-  const line = (cells: string[]): string => `| ${cells.map((text, column) => text.padEnd(widths[column]!)).join(' | ')} |`;
+  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column].length)));
+  const line = (cells: string[]): string => `| ${cells.map((text, column) => text.padEnd(widths[column])).join(' | ')} |`;
   console.log(line(header));
   console.log(`|${widths.map((width) => '-'.repeat(width + 2)).join('|')}|`);
   for (const row of rows) console.log(line(row));

@@ -43,7 +43,7 @@ interface Row {
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
+  return sorted[Math.floor(sorted.length / 2)];
 }
 
 function createTarget(file: string): void {
@@ -128,8 +128,8 @@ function printTable(rows: Row[]): void {
     row.sameSizeDdMegabytesPerSecond.toFixed(0),
     row.sameSizeRatio.toFixed(2),
   ]);
-  const widths = header.map((title, column) => Math.max(title.length, ...cells.map((cell) => cell[column]!.length)));
-  const line = (cell: string[]): string => `| ${cell.map((text, column) => text.padEnd(widths[column]!)).join(' | ')} |`;
+  const widths = header.map((title, column) => Math.max(title.length, ...cells.map((cell) => cell[column].length)));
+  const line = (cell: string[]): string => `| ${cell.map((text, column) => text.padEnd(widths[column])).join(' | ')} |`;
   console.log(line(header));
   console.log(`|${widths.map((width) => '-'.repeat(width + 2)).join('|')}|`);
   for (const cell of cells) console.log(line(cell));

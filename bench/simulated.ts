@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { SimulatedEngine } from '../src/engine/simulated';
+import { SimulatedEngine } from '../src/engine/simulated/engine';
 
 const MiB = 1024 * 1024;
 const DISK = 4096 * MiB;
@@ -34,7 +34,7 @@ async function main(): Promise<void> {
 
     const engine = new SimulatedEngine({ disks: [disk], stateDir: path.join(dir, 'state'), pollIntervalMs: 60_000 });
     await engine.start();
-    const { device } = engine.disks()[0]!;
+    const { device } = engine.disks()[0];
     await timed('start tracking (reference copy)', () => engine.startTracking(device));
     const store = await engine.createSnapstore({ id: crypto.randomBytes(16).toString('hex'), devices: [device], storage: { major: 254, minor: 0 }, thresholdBytes: MiB });
     await store.addDeviceRanges([{ offset: 0, length: 1024 * MiB }]);

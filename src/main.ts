@@ -9,13 +9,14 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { lookupUser } from './cli/accounts';
-import { runAgent } from './agent/start';
+import { runAgent } from './agent/run';
 import { GEN_CERTS_USAGE, genCertsCommand } from './cli/gen-certs';
 import { checkEnvironment } from './cli/check-config';
-import { ConfigError, DEFAULT_CONFIG_FILE, loadConfig, type Config } from './config/config';
+import { DEFAULT_CONFIG_FILE, loadConfig, type Config } from './config/config';
+import { isAgentError } from './core/errors';
+import { isUsageError, UsageError } from './cli/usage';
 import { DEMO_USAGE, demoCommand } from './cli/demo';
 import { createLogger } from './core/log';
-import { StartupError } from './agent/startup';
 import { VERSION } from './core/version';
 
 const NAME = 'coriolis-snapshot-agent';
@@ -58,14 +59,12 @@ Exit status: 0 fine, 2 a problem (one line each, naming the key).`;
 
 const VERSION_USAGE = `usage: ${NAME} version`;
 
-class UsageError extends Error {}
-
 interface Command {
   usage: string;
   run(args: string[]): Promise<number>;
 }
 
-/** The config, and what it points at checked as this process: ConfigError on the first problem. */
+/** The config, and what it points at checked as this process: an invalid AgentError on the first problem. */
 function loadCheckedConfig(file: string): Config {
   const config = loadConfig(file);
   const [problem] = checkEnvironment(config).problems;
@@ -125,19 +124,13 @@ const commands: Record<string, Command> = {
   },
 };
 
-function isUsageError(err: unknown): boolean {
-  // parseArgs reports unknown or malformed options with these codes.
-  return err instanceof UsageError || ['ERR_PARSE_ARGS_UNKNOWN_OPTION', 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE',
-    'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL'].includes((err as { code?: string }).code ?? '');
-}
-
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(USAGE);
     return name === undefined ? 2 : 0;
   }
-  if (name === '--version') return commands.version!.run([]);
+  if (name === '--version') return commands.version.run([]);
   const command = commands[name];
   try {
     if (command === undefined) throw new UsageError(`unknown command "${name}"`);
@@ -147,24 +140,21 @@ export async function main(argv: string[]): Promise<number> {
     }
     return await command.run(rest);
   } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`${NAME}: ${err.message}\n`);
-      return 2;
-    }
     if (isUsageError(err)) {
       process.stderr.write(`${NAME} ${name}: ${(err as Error).message}\n${command?.usage ?? USAGE}\n`);
       return 2;
     }
-    // StartupErrors name what is at fault; anything else is reported by its message alone
-    // (the log has the stack at level debug).
-    const message = err instanceof StartupError ? err.message : `cannot run: ${(err as Error).message ?? String(err)}`;
+    // The one mapping of failures to exit statuses: configuration mistakes (invalid) 2, the
+    // rest 1. Agent errors name what is at fault; anything else is reported by its message
+    // alone (the log has the stack at level debug).
+    const message = isAgentError(err) ? err.message : `cannot run: ${(err as Error).message ?? String(err)}`;
     process.stderr.write(`${NAME}: ${message}\n`);
-    return 1;
+    return isAgentError(err, 'invalid') ? 2 : 1;
   }
 }
 
 if (require.main === module) {
-  main(process.argv.slice(2)).then((status) => {
+  void main(process.argv.slice(2)).then((status) => {
     process.exitCode = status;
   });
 }

@@ -1,16 +1,10 @@
 // What stops the agent from starting, worded for the operator: one line naming the key or path
-// at fault. Configuration mistakes are ConfigErrors (config.ts, exit status 2); everything else
-// that prevents a start (a busy port, another agent on the same state, an old Node) is a
-// StartupError (exit status 1).
+// at fault. Configuration mistakes are `invalid` AgentErrors (config.ts, exit status 2); what
+// else prevents a start (a busy port, another agent on the same state) is `unavailable`
+// (exit status 1).
+import { unavailable, type AgentError } from '../core/errors';
 
 export const MINIMUM_NODE_MAJOR = 20;
-
-export class StartupError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'StartupError';
-  }
-}
 
 /** Why this Node cannot run the agent, or null when it can. */
 export function unsupportedNode(version: string): string | null {
@@ -28,11 +22,11 @@ export function exitOnUnsupportedNode(): void {
 }
 
 /** A listen() failure, naming the config key of the port or socket. */
-export function listenFailure(key: string, where: string, err: unknown): StartupError {
+export function listenFailure(key: string, where: string, err: unknown): AgentError {
   const code = (err as NodeJS.ErrnoException).code;
   const reason = code === 'EADDRINUSE' ? 'is already in use (another agent or program is listening there)'
     : code === 'EACCES' ? 'cannot be opened by this user'
     : code === 'EADDRNOTAVAIL' ? 'is not an address of this machine'
     : `cannot be listened on: ${(err as Error).message}`;
-  return new StartupError(`${key}: ${where} ${reason}`, { cause: err });
+  return unavailable(`${key}: ${where} ${reason}`, err);
 }

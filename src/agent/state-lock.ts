@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { tryLockExclusive } from '../native/process';
-import { StartupError } from './startup';
+import { unavailable } from '../core/errors';
 
 export interface StateLock {
   readonly file: string;
@@ -17,7 +17,7 @@ export function lockFileOf(databaseFile: string): string {
   return `${databaseFile}.lock`;
 }
 
-/** Throws a StartupError naming the database and the holder's pid when another agent holds it. */
+/** Throws an `unavailable` AgentError naming the database and the holder's pid when another agent holds it. */
 export function lockState(databaseFile: string): StateLock {
   const file = lockFileOf(databaseFile);
   let fd: number;
@@ -25,12 +25,12 @@ export function lockState(databaseFile: string): StateLock {
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
     fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
   } catch (err) {
-    throw new StartupError(`database_file: cannot create the lock file ${file}: ${(err as Error).message}`, { cause: err });
+    throw unavailable(`database_file: cannot create the lock file ${file}: ${(err as Error).message}`, err);
   }
   try {
     if (!tryLockExclusive(fd)) {
       const holder = fs.readFileSync(fd, 'utf8').trim();
-      throw new StartupError(`database_file: ${databaseFile} is in use by another agent (pid ${holder || 'unknown'}): ` +
+      throw unavailable(`database_file: ${databaseFile} is in use by another agent (pid ${holder || 'unknown'}): ` +
         'stop it first, or give this one its own database_file');
     }
     fs.ftruncateSync(fd);

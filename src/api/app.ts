@@ -5,14 +5,15 @@ import type Router from '@koa/router';
 import Koa, { type Context, type Middleware } from 'koa';
 import type { Logger } from '../core/log';
 import { observeHttpRequest } from '../metrics/metrics';
-import type { AgentService } from '../service';
+import type { AgentService } from './service';
 import { DEFAULT_BODY_LIMIT } from './body';
 import { clientIdentity } from '../doors/allow-list';
-import { ClientGoneError, DEFAULT_CONSUME_OPTIONS, type ConsumeOptions } from './consume';
+import { isAgentError } from '../core/errors';
+import { DEFAULT_CONSUME_OPTIONS, type ConsumeOptions } from './consume';
 import type { HealthProbes } from './health';
 import { errorResponse, HttpError, methodNotAllowed, routeNotFound } from './errors';
 import { apiRouter } from './routes';
-import { HOST_SOURCES, type SystemInfoSources } from './systeminfo';
+import { HOST_SOURCES, type SystemInfoSources } from '../host/system';
 
 export interface AppOptions {
   service: AgentService;
@@ -70,8 +71,9 @@ function errorResponses(log: Logger): Middleware {
       await next();
     } catch (err) {
       // A client gone mid-request (or cut off by the request timeout) cannot be answered either.
-      if (ctx.res.headersSent || err instanceof ClientGoneError) {
-        if (err instanceof ClientGoneError) log.info({ url: ctx.originalUrl }, 'the connection closed before the response was complete');
+      const gone = isAgentError(err, 'cancelled');
+      if (ctx.res.headersSent || gone) {
+        if (gone) log.info({ url: ctx.originalUrl }, 'the connection closed before the response was complete');
         else log.error({ err, url: ctx.originalUrl }, 'response failed after its headers were sent: connection destroyed');
         ctx.res.destroy();
         return;

@@ -4,7 +4,7 @@
 // be JSON text at all: compressed bodies, other charsets, multipart.
 import type { Context } from 'koa';
 import { invalid } from '../core/errors';
-import { ClientGoneError } from './consume';
+import { cancelled } from '../core/errors';
 import { HttpError } from './errors';
 import type { BodyFields } from './params';
 
@@ -36,7 +36,7 @@ async function readRaw(ctx: Context, limit: number): Promise<Buffer> {
   } catch (err) {
     // The stream itself only fails when the connection went away or timed out mid-body.
     if (err instanceof HttpError) throw err;
-    throw new ClientGoneError();
+    throw cancelled('the client closed the connection');
   }
   return Buffer.concat(chunks);
 }

@@ -17,12 +17,13 @@ import crypto from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import type { RouterMiddleware } from '@koa/router';
 import rangeParser from 'range-parser';
-import type { ByteRange, ImageReader } from '../engine/types';
-import { AgentError, isAgentError } from '../core/errors';
+import type { ByteRange } from '../core/devices';
+import type { ImageReader } from '../core/image';
+import { AgentError, cancelled, isAgentError } from '../core/errors';
 import { countServedBytes } from '../metrics/metrics';
-import type { AgentService } from '../service';
+import type { AgentService } from './service';
 import { recycleReadBuffer } from '../native/reader';
-import { ReadCancelledError, throttle, type ReadLimits } from '../doors/limits';
+import { throttle, type ReadLimits } from '../doors/limits';
 import { HttpError } from './errors';
 
 export interface ConsumeOptions {
@@ -99,7 +100,7 @@ export function layoutResponse(selection: RangeSelection, size: number): Respons
   }
   const { ranges } = selection;
   if (ranges.length === 1) {
-    const { start, end } = ranges[0]!;
+    const { start, end } = ranges[0];
     return {
       status: 206,
       headers: { ...base, 'Content-Type': OCTET_STREAM, 'Content-Length': String(end - start + 1), 'Content-Range': `bytes ${start}-${end}/${size}` },
@@ -144,19 +145,14 @@ function* chunked(pieces: BodyPiece[], options: ConsumeOptions): Generator<BodyP
 }
 
 /** The client went away while we were sending. */
-export class ClientGoneError extends Error {
-  constructor() {
-    super('the client closed the connection');
-    this.name = 'ClientGoneError';
-  }
-}
+const clientGone = (): AgentError => cancelled('the client closed the connection');
 
 function drained(res: ServerResponse): Promise<void> {
   return new Promise((resolve, reject) => {
     const settle = (gone: boolean): void => {
       res.off('drain', onDrain);
       res.off('close', onClose);
-      if (gone) reject(new ClientGoneError());
+      if (gone) reject(clientGone());
       else resolve();
     };
     const onDrain = (): void => settle(false);
@@ -168,8 +164,7 @@ function drained(res: ServerResponse): Promise<void> {
 
 function readImage(reader: ImageReader, range: ByteRange): Promise<Buffer> {
   return reader.read(range.offset, range.length).catch((err: unknown) => {
-    if (err instanceof ReadCancelledError) throw new ClientGoneError();
-    // The reader's own verdict (a snapshot that failed during the read: 409) stands as it is.
+    // The reader's own verdict (a snapshot that failed during the read: 409; a cancelled read) stands as it is.
     if (isAgentError(err)) throw err;
     const code = (err as { code?: unknown }).code;
     throw new AgentError('internal', `reading the snapshot image at offset ${range.offset} failed: ${typeof code === 'string' ? code : (err as Error).message}`, { cause: err });
@@ -200,7 +195,7 @@ export async function sendPieces(res: ServerResponse, reader: ImageReader, piece
   try {
     for (fill(); ahead.length > 0; fill()) {
       const buffer = await ahead.shift()!;
-      if (res.destroyed) throw new ClientGoneError();
+      if (res.destroyed) throw clientGone();
       // Headers go out on their own once the first read succeeded: written together with a
       // buffer, TLS would copy that buffer into one contiguous block.
       if (!res.headersSent) res.flushHeaders();

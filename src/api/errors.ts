@@ -39,6 +39,8 @@ const AGENT_ERRORS: Record<ErrorKind, { status: number; label: string }> = {
   invalid: { status: 400, label: 'Bad Request' },
   unavailable: { status: 503, label: 'Service Unavailable' },
   'insufficient-storage': { status: 507, label: 'Insufficient Storage' },
+  // Only when nobody is left to read the answer (the client went away).
+  cancelled: { status: 503, label: 'Service Unavailable' },
   internal: { status: 500, label: 'Server error' },
 };
 

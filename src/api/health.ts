@@ -8,7 +8,7 @@
 // Answers name snapshots, disks and locations (as the other routes do), never errno text or
 // internal paths of a failed probe: those go to the log.
 import type { Logger } from '../core/log';
-import type { AgentService } from '../service';
+import type { AgentService } from './service';
 import { isAgentError } from '../core/errors';
 import { VERSION } from '../core/version';
 
@@ -79,8 +79,8 @@ const checkJson = (checked: Checked<unknown>): CheckJson => (checked.ok ? { stat
 export async function collectHealth(service: AgentService, probes: HealthProbes, log: Logger): Promise<HealthJson> {
   const timeoutMs = probes.timeoutMs ?? PROBE_TIMEOUT_MS;
   const [engine, database, locations, snapshots, snapstores] = await Promise.all([
-    check(log, timeoutMs, 'the engine query', probes.engine),
-    check(log, timeoutMs, 'the database write', probes.database),
+    check(log, timeoutMs, 'the engine query', () => probes.engine()),
+    check(log, timeoutMs, 'the database write', () => probes.database()),
     check(log, timeoutMs, 'listing the snapstore locations', () => service.listLocations()),
     check(log, timeoutMs, 'listing the snapshots', () => service.listSnapshots()),
     check(log, timeoutMs, 'listing the snapstores', () => service.listSnapstores()),

@@ -3,7 +3,8 @@
 // wrong. Where the original agent silently guessed (unknown booleans -> false, a bad
 // previousNumber -> 0, a bad UUID -> 500), we refuse (agent-reference 11.36, 11.38).
 import type { ParsedUrlQuery } from 'node:querystring';
-import type { ChangesRequest, DiskListOptions } from '../service';
+import type { DiskListOptions } from '../inventory/types';
+import type { ChangesRequest } from '../snapshots/types';
 import { invalid } from '../core/errors';
 
 /** One value of a query parameter; undefined when absent or empty (Go's default for both). */
@@ -71,14 +72,15 @@ export type BodyFields = Record<string, unknown>;
 function field(body: BodyFields, name: string): unknown {
   const keys = Object.keys(body).filter((candidate) => candidate.toLowerCase() === name.toLowerCase());
   if (keys.length > 1) throw invalid(`field ${name} is given more than once, as ${keys.map((key) => JSON.stringify(key)).join(' and ')}`);
-  return keys.length === 0 ? undefined : body[keys[0]!];
+  return keys.length === 0 ? undefined : body[keys[0]];
 }
 
 function describe(value: unknown): string {
   if (value === null) return 'null';
   if (Array.isArray(value)) return 'an array';
   if (typeof value === 'string') return `string ${JSON.stringify(value)}`;
-  return typeof value === 'object' ? 'an object' : `${typeof value} ${String(value)}`;
+  if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint') return `${typeof value} ${value.toString()}`;
+  return typeof value === 'object' ? 'an object' : typeof value;
 }
 
 function requiredString(body: BodyFields, name: string): string {

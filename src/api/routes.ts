@@ -5,17 +5,17 @@
 import Router from '@koa/router';
 import type { Logger } from '../core/log';
 import { scrapeMetrics } from '../metrics/metrics';
-import type { AgentService } from '../service';
-import { diskToJSON } from '../storage/disks';
+import type { AgentService } from './service';
 import { readBody } from './body';
 import { collectHealth, type HealthProbes } from './health';
 import OPENAPI from './openapi.json';
 import { consumeImage, type ConsumeOptions } from './consume';
 import {
-  changesToJSON, locationToJSON, mappingToJSON, snapshotToJSON, snapstoreToJSON,
+  changesToJSON, diskToJSON, locationToJSON, mappingToJSON, snapshotToJSON, snapstoreToJSON,
 } from './json';
 import { parseChangesQuery, parseCreateMappingBody, parseCreateSnapshotBody, parseDiskListQuery } from './params';
-import { collectSystemInfo, type SystemInfoSources } from './systeminfo';
+import type { SystemInfoSources } from '../host/system';
+import { collectSystemInfo } from './systeminfo';
 
 export const API_PREFIX = '/api/v1';
 

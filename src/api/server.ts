@@ -36,8 +36,8 @@ export interface ApiServerOptions {
   tls: TlsMaterial;
   /** Subjects ("CN=client") or SHA-256 fingerprints; empty or absent admits every client the CA signed. */
   allowedClients?: readonly string[];
-  /** Handles the authorised requests: `createApp(...).callback()`. */
-  handler: RequestListener;
+  /** Handles the authorised requests: `createApp(...).callback()`, which answers its own failures. */
+  handler: (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
   log: Logger;
   timeouts?: Partial<ApiServerTimeouts>;
   /** Open connections at most; further ones are dropped. */
@@ -103,15 +103,13 @@ export function createApiServer(options: ApiServerOptions): https.Server {
     return verdict;
   };
 
-  const handler: RequestListener = !allowList.restricts
-    ? options.handler
-    : (req: IncomingMessage, res: ServerResponse) => {
-      if (isAdmitted(req.socket)) {
-        options.handler(req, res);
-        return;
-      }
-      sendError(res, new HttpError(403, 'Forbidden', notAllowedMessage(clientIdentity(req.socket))));
-    };
+  const handler: RequestListener = (req, res) => {
+    if (!allowList.restricts || isAdmitted(req.socket)) {
+      void options.handler(req, res);
+      return;
+    }
+    sendError(res, new HttpError(403, 'Forbidden', notAllowedMessage(clientIdentity(req.socket))));
+  };
 
   const server = https.createServer({
     ...serverTlsOptions(options.tls),

@@ -19,7 +19,7 @@ async function runAs(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
-  runAs(process.argv.slice(2)).then((status) => {
+  void runAs(process.argv.slice(2)).then((status) => {
     process.exitCode = status;
   });
 }

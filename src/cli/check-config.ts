@@ -5,7 +5,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ConfigError, type Config } from '../config/config';
+import type { AgentError } from '../core/errors';
+import { configError, type Config } from '../config/config';
 import { DEFAULT_BLKSNAP_CONTROL_DEVICE } from '../native/blksnap';
 import { DEFAULT_CONTROL_DEVICE } from '../native/veeamsnap';
 
@@ -13,7 +14,7 @@ import { DEFAULT_CONTROL_DEVICE } from '../native/veeamsnap';
 export const SERVICE_DIRECTORIES = ['/run/coriolis-snapshot-agent', '/var/log/coriolis-snapshot-agent'];
 
 export interface CheckReport {
-  problems: ConfigError[];
+  problems: AgentError[];
   /** Things worth knowing that are not problems. */
   notes: string[];
 }
@@ -47,7 +48,7 @@ function exists(file: string): boolean {
 /** A file the agent creates or rewrites: its folder must be writable, or creatable by the agent or the unit. */
 function checkFileToWrite(report: CheckReport, key: string, file: string, config: Config): void {
   const fail = (problem: string): void => {
-    report.problems.push(new ConfigError(config.file, key, problem));
+    report.problems.push(configError(config.file, key, problem));
   };
   const dir = path.dirname(file);
   const service = SERVICE_DIRECTORIES.find((d) => dir === d || dir.startsWith(`${d}/`));
@@ -77,7 +78,7 @@ function checkFileToWrite(report: CheckReport, key: string, file: string, config
 export function checkEnvironment(config: Config): CheckReport {
   const report: CheckReport = { problems: [], notes: [] };
   const fail = (key: string, problem: string | null): void => {
-    if (problem !== null) report.problems.push(new ConfigError(config.file, key, problem));
+    if (problem !== null) report.problems.push(configError(config.file, key, problem));
   };
   checkFileToWrite(report, 'database_file', config.databaseFile, config);
   if (config.logFile !== null) checkFileToWrite(report, 'log_file', config.logFile, config);

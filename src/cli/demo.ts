@@ -6,10 +6,12 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { runAgent, type RunningAgent } from '../agent/start';
+import { runAgent } from '../agent/run';
+import type { RunningAgent } from '../agent/start';
 import { CERTIFICATE_FILES, generateCertificates } from './gen-certs';
 import { loadConfig, type Config } from '../config/config';
 import { createLogger } from '../core/log';
+import { UsageError } from './usage';
 
 const MiB = 1024 * 1024;
 const SECTOR = 512;
@@ -23,16 +25,15 @@ export const DEMO_USAGE = `usage: coriolis-snapshot-agent demo --dir DIR [--api-
 Prints how to use it, then one JSON line with the URLs and paths, on stdout. The log goes to
 DIR/agent.log (JSON lines: read it with \`npx bunyan DIR/agent.log\`). Stop with Ctrl-C.`;
 
-class DemoUsageError extends Error {}
 
 /** "256M", "1G", "1048576": binary units, whole MiB at least. */
 export function parseSize(text: string): number {
   const match = /^(\d+)([KMGT]?)(i?B)?$/i.exec(text.trim());
-  if (match === null) throw new DemoUsageError(`--disk-size ${JSON.stringify(text)} is not a size like 256M or 1G`);
+  if (match === null) throw new UsageError(`--disk-size ${JSON.stringify(text)} is not a size like 256M or 1G`);
   const power = ' KMGT'.indexOf((match[2] || ' ').toUpperCase());
   const bytes = Number(match[1]) * 1024 ** power;
   if (!Number.isSafeInteger(bytes) || bytes < 8 * MiB || bytes % MiB !== 0) {
-    throw new DemoUsageError(`--disk-size must be a whole number of MiB, at least 8M: got ${text}`);
+    throw new UsageError(`--disk-size must be a whole number of MiB, at least 8M: got ${text}`);
   }
   return bytes;
 }
@@ -40,7 +41,7 @@ export function parseSize(text: string): number {
 function parsePort(name: string, text: string | undefined, fallback: number): number {
   if (text === undefined) return fallback;
   const port = Number(text);
-  if (!/^\d+$/.test(text) || port > 65535) throw new DemoUsageError(`--${name} must be a port number (0-65535), got ${text}`);
+  if (!/^\d+$/.test(text) || port > 65535) throw new UsageError(`--${name} must be a port number (0-65535), got ${text}`);
   return port;
 }
 
@@ -118,33 +119,24 @@ image_dir = ${q(path.join(dir, 'engine'))}
 }
 
 export async function demoCommand(args: string[]): Promise<number> {
-  let options;
-  try {
-    const { values } = parseArgs({
-      args,
-      options: {
-        dir: { type: 'string' }, 'api-port': { type: 'string' }, 'nbd-port': { type: 'string' },
-        disks: { type: 'string' }, 'disk-size': { type: 'string' },
-      },
-      strict: true,
-    });
-    if (values.dir === undefined) throw new DemoUsageError('--dir is required');
-    const count = Number(values.disks ?? '2');
-    if (!Number.isInteger(count) || count < 1 || count > 16) throw new DemoUsageError(`--disks must be between 1 and 16, got ${values.disks}`);
-    options = {
-      dir: path.resolve(values.dir),
-      apiPort: parsePort('api-port', values['api-port'], 9999),
-      nbdPort: parsePort('nbd-port', values['nbd-port'], 10809),
-      disks: count,
-      diskSize: parseSize(values['disk-size'] ?? '256M'),
-    };
-  } catch (err) {
-    if (err instanceof DemoUsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`coriolis-snapshot-agent demo: ${(err as Error).message}\n${DEMO_USAGE}\n`);
-      return 2;
-    }
-    throw err;
-  }
+  const { values } = parseArgs({
+    args,
+    options: {
+      dir: { type: 'string' }, 'api-port': { type: 'string' }, 'nbd-port': { type: 'string' },
+      disks: { type: 'string' }, 'disk-size': { type: 'string' },
+    },
+    strict: true,
+  });
+  if (values.dir === undefined) throw new UsageError('--dir is required');
+  const count = Number(values.disks ?? '2');
+  if (!Number.isInteger(count) || count < 1 || count > 16) throw new UsageError(`--disks must be between 1 and 16, got ${values.disks}`);
+  const options = {
+    dir: path.resolve(values.dir),
+    apiPort: parsePort('api-port', values['api-port'], 9999),
+    nbdPort: parsePort('nbd-port', values['nbd-port'], 10809),
+    disks: count,
+    diskSize: parseSize(values['disk-size'] ?? '256M'),
+  };
 
   const { dir } = options;
   const certs = path.join(dir, 'certs');
@@ -166,9 +158,9 @@ export async function demoCommand(args: string[]): Promise<number> {
 
 function instructions(agent: RunningAgent, config: Config, certs: string, disks: string[], configFile: string): string {
   const curl = `curl --cert ${certs}/client-cert.pem --key ${certs}/client-key.pem --cacert ${certs}/ca-cert.pem`;
-  const firstDisk = path.basename(disks[0]!, '.img');
+  const firstDisk = path.basename(disks[0], '.img');
   return `
-The demo agent is running (simulated engine; disks in ${path.dirname(disks[0]!)}).
+The demo agent is running (simulated engine; disks in ${path.dirname(disks[0])}).
 Its log: ${config.logFile} (npx bunyan ${config.logFile}).
 Try:
   ${curl} ${agent.apiUrl}/disks/

@@ -159,7 +159,7 @@ export async function generateCertificates(options: GenerateOptions): Promise<Re
 
   const validity = validityFor(options.validityDays ?? DEFAULT_VALIDITY_DAYS);
   const ca = await createCertificateAuthority('coriolis-snapshot-agent CA', validity);
-  const server = await issueCertificate(ca, { commonName: hosts[0]!, usage: 'server', hosts, validity });
+  const server = await issueCertificate(ca, { commonName: hosts[0], usage: 'server', hosts, validity });
   const client = await issueCertificate(ca, { commonName: 'coriolis-snapshot-agent client', usage: 'client', validity });
 
   const created = fs.mkdirSync(options.outDir, { recursive: true, mode: 0o750 });

@@ -9,6 +9,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import toml from 'toml';
+import { invalid, type AgentError } from '../core/errors';
+import { LOG_LEVELS, type LogLevel } from '../core/log';
 import { parseClientMatcher } from '../doors/allow-list';
 import { isLoopbackAddress, type TlsMaterial } from '../doors/tls';
 import { IO_PRIORITIES, type IoPriority } from '../native/io-priority';
@@ -18,8 +20,6 @@ export const DEFAULT_DATABASE_FILE = '/var/lib/coriolis-snapshot-agent/agent.db'
 export const DEFAULT_SNAP_STORE_FILE_SIZE = 2 * 1024 ** 3;
 export const DEFAULT_NBD_PORT = 10809;
 export const DEFAULT_NBD_MAX_CONNECTIONS = 64;
-export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
-export type LogLevel = typeof LOG_LEVELS[number];
 /** How long SIGTERM lets downloads and NBD connections finish; the unit's TimeoutStopSec must exceed it. */
 export const DEFAULT_SHUTDOWN_GRACE_SECONDS = 20;
 export const MAX_SHUTDOWN_GRACE_SECONDS = 3600;
@@ -75,11 +75,9 @@ export interface Config {
   limits: { readBytesPerSecond: number | null; connectionReadBytesPerSecond: number | null; ioPriority: IoPriority | null };
 }
 
-export class ConfigError extends Error {
-  constructor(readonly file: string, readonly key: string | null, problem: string) {
-    super(key === null ? `config ${file}: ${problem}` : `config ${file}: ${key}: ${problem}`);
-    this.name = 'ConfigError';
-  }
+/** A mistake in the configuration: an `invalid` AgentError naming the file and the key (main.ts exits 2). */
+export function configError(file: string, key: string | null, problem: string): AgentError {
+  return invalid(key === null ? `config ${file}: ${problem}` : `config ${file}: ${key}: ${problem}`);
 }
 
 type TomlTable = Record<string, unknown>;
@@ -104,8 +102,8 @@ class TableReader {
     if (unknown !== undefined) throw this.error(unknown, MISPLACED_KEYS[this.prefix + unknown] ?? 'unknown key');
   }
 
-  error(key: string, problem: string): ConfigError {
-    return new ConfigError(this.file, this.prefix + key, problem);
+  error(key: string, problem: string): AgentError {
+    return configError(this.file, this.prefix + key, problem);
   }
 
   has(key: string): boolean {
@@ -288,11 +286,11 @@ function readBind(reader: TableReader, key: string, fallback?: string): string {
 export function parseConfig(text: string, file: string): Config {
   let raw: TomlTable;
   try {
-    raw = toml.parse(text, { bigint: true });
+    raw = toml.parse(text, { bigint: true }) as TomlTable;
   } catch (err) {
     const where = (err as { location?: { start?: { line: number; column: number } } }).location?.start;
     const at = where ? ` at line ${where.line}, column ${where.column}` : '';
-    throw new ConfigError(file, null, `invalid TOML${at}: ${(err as Error).message}`);
+    throw configError(file, null, `invalid TOML${at}: ${(err as Error).message}`);
   }
   const top = new TableReader(file, '', raw, TOP_KEYS);
 
@@ -377,16 +375,16 @@ export function parseConfig(text: string, file: string): Config {
   const simulatedDisks = simulatedSection.pathArray('disks') ?? [];
   const imageDir = simulatedSection.absolutePath('image_dir') ?? null;
   if (engine === 'simulated' && simulatedDisks.length === 0) {
-    throw new ConfigError(file, 'simulated.disks', 'must list the files or loop devices that act as disks when engine = "simulated"');
+    throw configError(file, 'simulated.disks', 'must list the files or loop devices that act as disks when engine = "simulated"');
   }
   if (engine !== 'simulated' && simulatedDisks.length > 0) {
-    throw new ConfigError(file, 'simulated.disks', 'is only used when engine = "simulated"');
+    throw configError(file, 'simulated.disks', 'is only used when engine = "simulated"');
   }
   for (const [index, disk] of simulatedDisks.entries()) {
     try {
       fs.accessSync(disk, fs.constants.R_OK | fs.constants.W_OK);
     } catch (err) {
-      throw new ConfigError(file, `simulated.disks[${index}]`, `cannot use ${disk}: ${(err as Error).message}`);
+      throw configError(file, `simulated.disks[${index}]`, `cannot use ${disk}: ${(err as Error).message}`);
     }
   }
 
@@ -440,7 +438,7 @@ export function loadConfig(file: string): Config {
   try {
     text = fs.readFileSync(absolute, 'utf8');
   } catch (err) {
-    throw new ConfigError(absolute, null, `cannot read the file: ${(err as Error).message}`);
+    throw configError(absolute, null, `cannot read the file: ${(err as Error).message}`);
   }
   return parseConfig(text, absolute);
 }

@@ -4,7 +4,9 @@
 import bunyan from 'bunyan';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { LogLevel } from '../config/config';
+
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'] as const;
+export type LogLevel = typeof LOG_LEVELS[number];
 
 export type Logger = bunyan;
 

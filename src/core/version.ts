@@ -10,4 +10,4 @@ function findPackageJson(dir: string): string {
   return findPackageJson(parent);
 }
 
-export const VERSION: string = JSON.parse(fs.readFileSync(findPackageJson(__dirname), 'utf8')).version;
+export const VERSION = (JSON.parse(fs.readFileSync(findPackageJson(__dirname), 'utf8')) as { version: string }).version;

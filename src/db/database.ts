@@ -81,6 +81,14 @@ const MIGRATIONS: readonly string[] = [
   ALTER TABLE snapstores ADD COLUMN filled_bytes INTEGER NOT NULL DEFAULT 0;
   ALTER TABLE snapstores ADD COLUMN filled_at TEXT;
   `,
+  // What an engine keeps across agent restarts (veeamsnap's snapshot handles, blksnap's
+  // snapshot and snapstore records): one JSON document per engine, forgotten with the boot.
+  `
+  CREATE TABLE engine_records (
+    engine TEXT PRIMARY KEY,
+    document TEXT NOT NULL
+  );
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -108,7 +116,7 @@ function migrate(db: Db): void {
   }
   db.transaction(() => {
     for (let next = version; next < SCHEMA_VERSION; next++) {
-      db.exec(MIGRATIONS[next]!);
+      db.exec(MIGRATIONS[next]);
       db.pragma(`user_version = ${next + 1}`);
     }
   })();

@@ -26,7 +26,7 @@ function subjectAttributes(subject: string): string[] | undefined {
   const parts: string[] = [];
   let current = '';
   for (let i = 0; i < subject.length; i++) {
-    const char = subject[i]!;
+    const char = subject[i];
     if (char === '\\' && i + 1 < subject.length) {
       current += subject[++i];
     } else if (char === separator) {

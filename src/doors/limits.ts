@@ -15,7 +15,8 @@
 // A client that goes away withdraws its waiting reads: they take nothing from any budget. Ending
 // its side of the connection counts: Node's HTTP server then drops the request anyway, and an NBD
 // client that means to wait for its replies says NBD_CMD_DISC instead.
-import type { ImageReader } from '../engine/types';
+import type { ImageReader } from '../core/image';
+import { cancelled, type AgentError } from '../core/errors';
 
 /** Milliseconds on a monotonic clock, and timers on it; tests drive a fake one. */
 export interface Clock {
@@ -36,13 +37,7 @@ const BURST_SECONDS = 0.1;
 const MIN_BURST = 1024 * 1024;
 
 /** A read that was waiting for its bytes when its client went away. */
-export class ReadCancelledError extends Error {
-  readonly code = 'ERR_READ_CANCELLED';
-  constructor() {
-    super('the client went away while its read waited for the read-rate limit');
-    this.name = 'ReadCancelledError';
-  }
-}
+const readCancelled = (): AgentError => cancelled('the client went away while its read waited for the read-rate limit');
 
 interface Waiter {
   party: object;
@@ -84,7 +79,7 @@ export class TokenBucket {
     return new Promise((resolve, reject) => {
       const waiter: Waiter = { party, bytes, start, arrival: this.arrivals++, resolve, reject };
       let at = this.queue.length;
-      while (at > 0 && this.queue[at - 1]!.start > start) at--;
+      while (at > 0 && this.queue[at - 1].start > start) at--;
       this.queue.splice(at, 0, waiter);
       this.serve();
     });
@@ -142,7 +137,7 @@ export interface Connection {
 
 /** One connection's share: its own bucket, if any, then the agent's. */
 class ConnectionBudget {
-  private gone: ReadCancelledError | null = null;
+  private gone: AgentError | null = null;
 
   constructor(private readonly own: TokenBucket | null, private readonly shared: TokenBucket | null) {}
 
@@ -155,7 +150,7 @@ class ConnectionBudget {
 
   close(): void {
     if (this.gone !== null) return;
-    this.gone = new ReadCancelledError();
+    this.gone = readCancelled();
     this.own?.cancel(this, this.gone);
     this.shared?.cancel(this, this.gone);
   }

@@ -20,7 +20,6 @@
 import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
-import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { isSystemError } from '../native/binding';
 import {
@@ -29,12 +28,12 @@ import {
 } from '../native/blksnap';
 import { DirectReader } from '../native/reader';
 import { SerialQueue } from '../core/serial';
-import { EngineError } from './errors';
+import { kernelError } from '../core/errors';
+import { sameDevice, showDevice, type ByteRange, type DeviceId } from '../core/devices';
+import type { ImageReader } from '../core/image';
 import type {
-  ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,
-  SnapstoreEvent, SnapstoreOptions, SnapstoreUsage, TrackerInfo,
+  SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore, SnapstoreEvent, SnapstoreOptions, SnapstoreUsage, TrackerInfo, EngineMemory,
 } from './types';
-import { sameDevice } from '../core/devices';
 
 const SECTOR = 512;
 const CBT_READ_CHUNK = 4 * 1024 * 1024;
@@ -45,8 +44,8 @@ const NO_GENERATION = '00000000-0000-0000-0000-000000000000';
 const HEALTH_PROBE_BYTES = 4096;
 
 export interface BlksnapEngineOptions {
-  /** Where the engine keeps its state file (handles, snapstores, generations): agent state, not public. */
-  stateDir: string;
+  /** Where the engine keeps its records (handles, snapstores, generations): agent state, not public. */
+  memory: EngineMemory;
   controlDevice?: string;
   /** Directory holding the veeamblksnapimgN nodes. */
   devDir?: string;
@@ -55,7 +54,6 @@ export interface BlksnapEngineOptions {
   imageNodeTimeoutMs?: number;
   /** Bound of each kernel event wait: how soon a waiter notices it must stop. */
   eventWaitMs?: number;
-  bootId?: string;
 }
 
 interface SnapstoreRecord {
@@ -81,8 +79,7 @@ interface SnapshotRecord {
   corrupted: { errno: number; code: string } | null;
 }
 
-interface StateFile {
-  bootId: string;
+interface Records {
   snapshots: Record<string, SnapshotRecord>;
   snapstores: Record<string, SnapstoreRecord>;
   /** Per device "major:minor": the generation and number of its last snapshot, as presented. */
@@ -91,7 +88,6 @@ interface StateFile {
   wrapAliases: Record<string, string>;
 }
 
-const key = (device: DeviceId): string => `${device.major}:${device.minor}`;
 
 function uuidText(bytes: Buffer): string {
   const hex = bytes.toString('hex');
@@ -99,7 +95,7 @@ function uuidText(bytes: Buffer): string {
 }
 
 function rethrowAs(err: unknown, code: string, operation: string, detail: string): never {
-  if (isSystemError(err, code)) throw new EngineError(code, operation, detail);
+  if (isSystemError(err, code)) throw kernelError(code, operation, detail);
   throw err;
 }
 
@@ -134,10 +130,6 @@ export class BlksnapSnapstore extends EventEmitter implements Snapstore {
     return this.engine.addSnapstoreSpace(this.id, ranges);
   }
 
-  addMemory(): Promise<void> {
-    return Promise.reject(new EngineError('EOPNOTSUPP', 'addMemory', 'blksnap keeps difference storage on block devices only'));
-  }
-
   async cleanup(): Promise<{ filledBytes: number }> {
     await this.engine.cleanupSnapstore(this.id);
     return this.terminated;
@@ -148,7 +140,7 @@ export class BlksnapEngine implements SnapshotEngine {
   readonly kind = 'blksnap';
   private control: BlksnapControl | null = null;
   private readonly queue = new SerialQueue();
-  private state: StateFile | null = null;
+  private state: Records | null = null;
   private readonly waiters = new Map<string, BlksnapEventWaiter>();
   private readonly snapstoreObjects = new Map<string, BlksnapSnapstore>();
   /** Snapshots whose watchers were sent `halffill` and have not added space since. */
@@ -175,8 +167,7 @@ export class BlksnapEngine implements SnapshotEngine {
       rethrowAs(err, 'ENOENT', 'start', `${this.controlDevice} does not exist: is the blksnap module loaded (modprobe ${BLKSNAP_MODULE})?`);
     }
     try {
-      await fsp.mkdir(this.options.stateDir, { recursive: true });
-      this.state = await this.loadState();
+      this.state = this.loadState();
       this.control = control;
       // Whatever the kernel no longer has is forgotten; what it still has is watched again.
       const live = new Set((await control.snapshotCollect()).map((id) => id.toString('hex')));
@@ -184,7 +175,7 @@ export class BlksnapEngine implements SnapshotEngine {
         if (live.has(record.kernelId)) this.startWaiter(handle, record);
         else this.forgetSnapshot(handle);
       }
-      await this.saveState();
+      this.saveState();
     } catch (err) {
       this.control = null;
       control.close();
@@ -223,7 +214,7 @@ export class BlksnapEngine implements SnapshotEngine {
       if ((await control.trackerCollect()).some((t) => sameDevice(t.device, device))) return;
       if ((await control.snapshotCollect()).length > 0) {
         this.untracked(device); // a device that does not exist is refused now, not when listed
-        this.pending.set(key(device), { ...device });
+        this.pending.set(showDevice(device), { ...device });
         return;
       }
       await this.trackNow(device);
@@ -234,16 +225,16 @@ export class BlksnapEngine implements SnapshotEngine {
     const control = this.live();
     const id = await control.snapshotCreate([device]);
     await control.snapshotDestroy(id);
-    this.pending.delete(key(device));
+    this.pending.delete(showDevice(device));
   }
 
   stopTracking(device: DeviceId): Promise<void> {
     return this.queue.run(async () => {
-      if (this.pending.delete(key(device))) return;
+      if (this.pending.delete(showDevice(device))) return;
       try {
         await this.live().trackerRemove(device);
       } catch (err) {
-        rethrowAs(err, 'EBUSY', 'IOCTL_BLK_SNAP_TRACKER_REMOVE', `${key(device)} is held by a snapshot`);
+        rethrowAs(err, 'EBUSY', 'IOCTL_BLK_SNAP_TRACKER_REMOVE', `${showDevice(device)} is held by a snapshot`);
       }
     });
   }
@@ -271,9 +262,9 @@ export class BlksnapEngine implements SnapshotEngine {
   private untracked(device: DeviceId): TrackerInfo {
     let sizeBytes: number;
     try {
-      sizeBytes = Number(fs.readFileSync(`/sys/dev/block/${key(device)}/size`, 'utf8').trim()) * SECTOR;
+      sizeBytes = Number(fs.readFileSync(`/sys/dev/block/${showDevice(device)}/size`, 'utf8').trim()) * SECTOR;
     } catch {
-      throw new EngineError('ENODEV', 'startTracking', `no block device ${key(device)}`);
+      throw kernelError('ENODEV', 'startTracking', `no block device ${showDevice(device)}`);
     }
     const param = (name: string, fallback: number): number => {
       const value = Number(this.readParam(name));
@@ -289,13 +280,13 @@ export class BlksnapEngine implements SnapshotEngine {
   async readCbtMap(device: DeviceId): Promise<Buffer> {
     const control = this.live();
     const tracker = (await control.trackerCollect()).find((t) => sameDevice(t.device, device));
-    if (tracker === undefined) throw new EngineError('ENODATA', 'IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP', `${key(device)} is not tracked`);
+    if (tracker === undefined) throw kernelError('ENODATA', 'IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP', `${showDevice(device)} is not tracked`);
     const map = Buffer.alloc(tracker.blockCount);
     for (let offset = 0; offset < map.length; offset += CBT_READ_CHUNK) {
       const length = Math.min(CBT_READ_CHUNK, map.length - offset);
       const chunk = await control.readCbtMap(device, offset, length);
       if (chunk.length !== length) {
-        throw new EngineError('EIO', 'IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP', `short CBT read: ${chunk.length} of ${length} bytes at ${offset}`);
+        throw kernelError('EIO', 'IOCTL_BLK_SNAP_TRACKER_READ_CBT_MAP', `short CBT read: ${chunk.length} of ${length} bytes at ${offset}`);
       }
       chunk.copy(map, offset);
     }
@@ -306,15 +297,14 @@ export class BlksnapEngine implements SnapshotEngine {
 
   createSnapstore(options: SnapstoreOptions): Promise<Snapstore> {
     return this.queue.run(async () => {
-      if (!/^[0-9a-f]{32}$/.test(options.id)) throw new EngineError('EINVAL', 'createSnapstore', 'the id must be 32 hex digits');
-      if (options.storage === null) throw new EngineError('EOPNOTSUPP', 'createSnapstore', 'blksnap keeps difference storage on block devices only');
+      if (!/^[0-9a-f]{32}$/.test(options.id)) throw kernelError('EINVAL', 'createSnapstore', 'the id must be 32 hex digits');
       this.live();
-      if (this.state!.snapstores[options.id] !== undefined) throw new EngineError('EEXIST', 'createSnapstore', 'a snapstore with this id exists');
+      if (this.state!.snapstores[options.id] !== undefined) throw kernelError('EEXIST', 'createSnapstore', 'a snapstore with this id exists');
       this.state!.snapstores[options.id] = {
         devices: options.devices.map((d) => ({ ...d })), storage: { ...options.storage }, ranges: [],
         thresholdBytes: options.thresholdBytes, cleaning: false, handle: null,
       };
-      await this.saveState();
+      this.saveState();
       const snapstore = new BlksnapSnapstore(options.id, this);
       this.snapstoreObjects.set(options.id, snapstore);
       return snapstore;
@@ -330,7 +320,7 @@ export class BlksnapEngine implements SnapshotEngine {
   addSnapstoreSpace(id: string, ranges: ByteRange[]): Promise<void> {
     return this.queue.run(async () => {
       const store = this.state!.snapstores[id];
-      if (store === undefined || this.live() === null) throw new EngineError('ENODATA', 'addSnapstoreSpace', 'no such snapstore');
+      if (store === undefined || this.live() === null) throw kernelError('ENODATA', 'addSnapstoreSpace', 'no such snapstore');
       const sectors = toSectorRanges(ranges);
       const record = store.handle === null ? undefined : this.state!.snapshots[store.handle];
       if (record !== undefined) {
@@ -338,7 +328,7 @@ export class BlksnapEngine implements SnapshotEngine {
         record.givenSectors += ranges.reduce((sum, r) => sum + r.length / SECTOR, 0);
       }
       store.ranges.push(...ranges.map((r) => ({ offset: r.offset, length: r.length })));
-      await this.saveState();
+      this.saveState();
       if (record !== undefined) {
         this.awaitingSpace.delete(store.handle!);
         this.askForSpaceIfShort(store.handle!, record);
@@ -355,7 +345,7 @@ export class BlksnapEngine implements SnapshotEngine {
       }
       store.cleaning = true;
       if (store.handle === null) this.terminate(id);
-      await this.saveState();
+      this.saveState();
     });
   }
 
@@ -372,21 +362,21 @@ export class BlksnapEngine implements SnapshotEngine {
     return this.queue.run(async () => {
       const control = this.live();
       const state = this.state!;
-      if (devices.length === 0) throw new EngineError('ENODEV', 'createSnapshot', 'no devices');
-      if (devices.some((d, i) => devices.findIndex((e) => sameDevice(d, e)) !== i)) throw new EngineError('EINVAL', 'createSnapshot', 'a device is listed twice');
+      if (devices.length === 0) throw kernelError('ENODEV', 'createSnapshot', 'no devices');
+      if (devices.some((d, i) => devices.findIndex((e) => sameDevice(d, e)) !== i)) throw kernelError('EINVAL', 'createSnapshot', 'a device is listed twice');
       for (const record of Object.values(state.snapshots)) {
         const busy = devices.find((d) => record.devices.some((e) => sameDevice(d, e)));
-        if (busy !== undefined) throw new EngineError('EALREADY', 'createSnapshot', `${key(busy)} is already in a snapshot`);
+        if (busy !== undefined) throw kernelError('EALREADY', 'createSnapshot', `${showDevice(busy)} is already in a snapshot`);
       }
       const stores = new Set<string>();
       for (const device of devices) {
         const found = Object.entries(state.snapstores).reverse()
           .find(([, s]) => !s.cleaning && s.handle === null && s.devices.some((d) => sameDevice(d, device)));
-        if (found === undefined) throw new EngineError('ENODATA', 'createSnapshot', `${key(device)} has no snapstore`);
+        if (found === undefined) throw kernelError('ENODATA', 'createSnapshot', `${showDevice(device)} has no snapstore`);
         stores.add(found[0]);
       }
       if ((await control.snapshotCollect()).length > 0) {
-        throw new EngineError('EBUSY', 'createSnapshot', 'the blksnap module holds another snapshot; this module version keeps one at a time');
+        throw kernelError('EBUSY', 'createSnapshot', 'the blksnap module holds another snapshot; this module version keeps one at a time');
       }
 
       const kernelId = await control.snapshotCreate(devices);
@@ -397,12 +387,12 @@ export class BlksnapEngine implements SnapshotEngine {
       };
       // Persisted at once, so that even a crash in the next steps leaves a way to destroy it.
       state.snapshots[handle] = record;
-      for (const id of stores) state.snapstores[id]!.handle = handle;
-      await this.saveState();
+      for (const id of stores) state.snapstores[id].handle = handle;
+      this.saveState();
       this.startWaiter(handle, record);
       try {
         for (const id of stores) {
-          const store = state.snapstores[id]!;
+          const store = state.snapstores[id];
           if (store.ranges.length === 0) continue;
           await control.snapshotAppendStorage(kernelId, store.storage, toSectorRanges(store.ranges));
           record.givenSectors += store.ranges.reduce((sum, r) => sum + r.length / SECTOR, 0);
@@ -411,12 +401,12 @@ export class BlksnapEngine implements SnapshotEngine {
         const found = await control.snapshotImages(kernelId);
         const images: SnapshotImage[] = devices.map((device) => {
           const image = found.find((i) => sameDevice(i.original, device));
-          if (image === undefined) throw new EngineError('EIO', 'IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES', `no image of ${key(device)}`);
+          if (image === undefined) throw kernelError('EIO', 'IOCTL_BLK_SNAP_SNAPSHOT_COLLECT_IMAGES', `no image of ${showDevice(device)}`);
           return { original: { ...device }, image: { ...image.image }, path: this.imagePath(image.image) };
         });
         await Promise.all(images.map((image) => this.waitForNode(image)));
         await this.rememberGenerations(devices);
-        await this.saveState();
+        this.saveState();
         this.askForSpaceIfShort(handle, record);
         return { handle, devices: devices.map((d) => ({ ...d })), images };
       } catch (err) {
@@ -434,27 +424,27 @@ export class BlksnapEngine implements SnapshotEngine {
       const tracker = trackers.find((t) => sameDevice(t.device, device));
       if (tracker === undefined) continue;
       const kernelGeneration = uuidText(tracker.generationId);
-      const last = state.last[key(device)];
+      const last = state.last[showDevice(device)];
       if (tracker.snapNumber === 255 && last !== undefined && last.number === 254 && last.generationId !== kernelGeneration) {
         state.wrapAliases[kernelGeneration] = last.generationId;
       }
       for (const [kernel, presented] of Object.entries(state.wrapAliases)) {
         if (presented === last?.generationId && kernel !== kernelGeneration) delete state.wrapAliases[kernel];
       }
-      state.last[key(device)] = { generationId: this.toTracker(tracker).generationId, number: tracker.snapNumber };
+      state.last[showDevice(device)] = { generationId: this.toTracker(tracker).generationId, number: tracker.snapNumber };
     }
   }
 
   destroySnapshot(handle: string): Promise<void> {
     return this.queue.run(async () => {
-      if (this.state?.snapshots[handle] === undefined) throw new EngineError('ENODATA', 'destroySnapshot', 'no such snapshot');
+      if (this.state?.snapshots[handle] === undefined) throw kernelError('ENODATA', 'destroySnapshot', 'no such snapshot');
       await this.destroyKernelSnapshot(handle);
     });
   }
 
   /** Stops the waiter first: its wait holds a reference that would delay the module's release. */
   private async destroyKernelSnapshot(handle: string): Promise<void> {
-    const record = this.state!.snapshots[handle]!;
+    const record = this.state!.snapshots[handle];
     const waiter = this.waiters.get(handle);
     this.waiters.delete(handle);
     await waiter?.stop();
@@ -466,7 +456,7 @@ export class BlksnapEngine implements SnapshotEngine {
     }
     this.forgetSnapshot(handle);
     this.awaitingSpace.delete(handle);
-    await this.saveState();
+    this.saveState();
     // No snapshot holds the module now: the devices waiting to be tracked can be.
     for (const device of [...this.pending.values()]) await this.trackNow(device).catch(() => undefined);
   }
@@ -515,10 +505,10 @@ export class BlksnapEngine implements SnapshotEngine {
    */
   async snapshotHealth(device: DeviceId): Promise<SnapshotHealth> {
     const entry = Object.values(this.state?.snapshots ?? {}).find((r) => r.devices.some((d) => sameDevice(d, device)));
-    if (entry === undefined) throw new EngineError('ENODATA', 'snapshotHealth', `no snapshot holds ${key(device)}`);
+    if (entry === undefined) throw kernelError('ENODATA', 'snapshotHealth', `no snapshot holds ${showDevice(device)}`);
     if (entry.corrupted !== null) return unhealthy(entry.corrupted.errno, entry.corrupted.code);
     const image = (await this.imagesOf(entry.kernelId)).find((i) => sameDevice(i.original, device));
-    if (image === undefined) throw new EngineError('ENODATA', 'snapshotHealth', `the module no longer has the snapshot of ${key(device)}`);
+    if (image === undefined) throw kernelError('ENODATA', 'snapshotHealth', `the module no longer has the snapshot of ${showDevice(device)}`);
     const reader = await DirectReader.open(image.path);
     try {
       await reader.read(0, Math.min(HEALTH_PROBE_BYTES, reader.size));
@@ -542,7 +532,7 @@ export class BlksnapEngine implements SnapshotEngine {
           return await reader.read(offset, length);
         } catch (err) {
           if ((err as { code?: string }).code !== 'ENOSPC') throw err;
-          throw new EngineError('EIO', 'read', `${image.path}: the snapshot is corrupt (its difference storage ran out of space)`);
+          throw kernelError('EIO', 'read', `${image.path}: the snapshot is corrupt (its difference storage ran out of space)`);
         }
       },
       close: () => reader.close(),
@@ -552,7 +542,7 @@ export class BlksnapEngine implements SnapshotEngine {
   // ---- events ---------------------------------------------------------------------------------
 
   private startWaiter(handle: string, record: SnapshotRecord): void {
-    const ackDevice = this.state!.snapstores[record.snapstores[0]!]?.storage ?? record.devices[0]!;
+    const ackDevice = this.state!.snapstores[record.snapstores[0]]?.storage ?? record.devices[0];
     const waiter = new BlksnapEventWaiter(this.controlDevice, Buffer.from(record.kernelId, 'hex'), this.options.eventWaitMs ?? 100, ackDevice,
       (err, event) => {
         if (err !== null) {
@@ -584,10 +574,10 @@ export class BlksnapEngine implements SnapshotEngine {
         record.requestedSectors += Number(event.requestedSectors);
         this.askForSpaceIfShort(handle, record);
       }
-      void this.queue.run(() => this.saveState());
+      this.saveState();
     } else if (event.type === 'corrupted') {
       record.corrupted = { errno: event.errno, code: event.code ?? `E${event.errno}` };
-      void this.queue.run(() => this.saveState());
+      this.saveState();
       this.emitToStores(record, { type: 'overflow', filledBytes: this.filledEstimate(record), errno: event.errno });
     }
   }
@@ -640,41 +630,29 @@ export class BlksnapEngine implements SnapshotEngine {
         // Not there yet.
       }
       if (Date.now() > deadline) {
-        throw new EngineError('ETIMEDOUT', 'createSnapshot', `the image node ${image.path} of ${key(image.original)} did not appear`);
+        throw kernelError('ETIMEDOUT', 'createSnapshot', `the image node ${image.path} of ${showDevice(image.original)} did not appear`);
       }
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
   }
 
   private live(): BlksnapControl {
-    if (this.control === null) throw new EngineError('ENODEV', 'engine', 'the blksnap engine is not started');
+    if (this.control === null) throw kernelError('ENODEV', 'engine', 'the blksnap engine is not started');
     return this.control;
   }
 
-  private stateFile(): string {
-    return path.join(this.options.stateDir, 'blksnap-state.json');
+  /** What this boot's agents recorded; the agent forgets it after a reboot. */
+  private loadState(): Records {
+    const saved = this.options.memory.read();
+    return saved === undefined ? { snapshots: {}, snapstores: {}, last: {}, wrapAliases: {} } : JSON.parse(saved) as Records;
   }
 
-  private async loadState(): Promise<StateFile> {
-    const bootId = this.options.bootId ?? fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-    try {
-      const saved = JSON.parse(await fsp.readFile(this.stateFile(), 'utf8')) as StateFile;
-      if (saved.bootId === bootId) return saved;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
-    // Another boot: the module's snapshots, trackers and generations are gone with it.
-    return { bootId, snapshots: {}, snapstores: {}, last: {}, wrapAliases: {} };
-  }
-
-  private async saveState(): Promise<void> {
-    const file = this.stateFile();
-    await fsp.writeFile(`${file}.tmp`, JSON.stringify(this.state), { mode: 0o600 });
-    await fsp.rename(`${file}.tmp`, file);
+  private saveState(): void {
+    this.options.memory.write(JSON.stringify(this.state));
   }
 }
 
 function unhealthy(errno: number, code: string): SnapshotHealth {
-  const reason = errno === 28 ? 'the snapstore ran out of space' : `the snapshot data is corrupt (${code})`;
+  const reason = code === 'ENOSPC' ? 'the snapstore ran out of space' : `the snapshot data is corrupt (${code})`;
   return { ok: false, errno, code, reason };
 }

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { BLKSNAP_FILTER_MODULE, BLKSNAP_MODULE } from '../native/blksnap';
+import { unavailable } from '../core/errors';
 
 export type KernelEngineKind = 'veeamsnap' | 'blksnap';
 
@@ -37,9 +38,6 @@ export const HOST: ModuleHost = {
 
 const MODULES: Record<KernelEngineKind, string> = { veeamsnap: 'veeamsnap', blksnap: BLKSNAP_MODULE };
 
-export class EngineSelectionError extends Error {
-  override name = 'EngineSelectionError';
-}
 
 /** Which module fits a kernel release: veeamsnap up to 6.7, blksnap from 5.10 to 6.13. */
 export function modulesForKernel(release: string): KernelEngineKind[] {
@@ -82,10 +80,10 @@ export async function selectEngine(choice: KernelEngineKind | 'auto', host: Modu
   const candidates: KernelEngineKind[] = choice === 'auto' ? ['veeamsnap', 'blksnap'] : [choice];
   const present = candidates.map((engine) => loaded(host, engine)).filter((m): m is EngineModule => m !== null);
   if (present.length > 1) {
-    throw new EngineSelectionError('engine = "auto", but both veeamsnap and veeamblksnap are loaded: both would intercept the same disks. ' +
+    throw unavailable('engine = "auto", but both veeamsnap and veeamblksnap are loaded: both would intercept the same disks. ' +
       'Unload one (rmmod) or set engine = "veeamsnap" or "blksnap"');
   }
-  if (present.length === 1) return present[0]!;
+  if (present.length === 1) return present[0];
   const fits = modulesForKernel(host.kernelRelease);
   for (const engine of candidates.filter((c) => choice !== 'auto' || fits.includes(c))) {
     if (await host.modprobe(MODULES[engine])) {
@@ -94,7 +92,7 @@ export async function selectEngine(choice: KernelEngineKind | 'auto', host: Modu
     }
   }
   const what = choice === 'auto' ? 'no snapshot module is loaded' : `engine = "${choice}", but ${MODULES[choice]} is not loaded`;
-  throw new EngineSelectionError(`${what} and modprobe could not load one: ${hint(host.kernelRelease)}`);
+  throw unavailable(`${what} and modprobe could not load one: ${hint(host.kernelRelease)}`);
 }
 
 /** The other module, when it is loaded too: worth a warning with an explicit engine. */

@@ -2,10 +2,8 @@
 // interface speaks in these domain terms and never knows which implementation is underneath:
 // veeamsnap.ts drives the kernel module, simulated.ts models it for machines without one.
 import type { EventEmitter } from 'node:events';
-
 import type { ByteRange, DeviceId } from '../core/devices';
-
-export type { ByteRange, DeviceId };
+import type { ImageReader } from '../core/image';
 
 export interface TrackerInfo {
   device: DeviceId;
@@ -34,8 +32,8 @@ export interface SnapstoreOptions {
   id: string;
   /** Original devices whose copy-on-write data this snapstore receives. */
   devices: DeviceId[];
-  /** The block device that will hold the space (the filesystem device of the snapstore files), or null for memory. */
-  storage: DeviceId | null;
+  /** The block device that will hold the space: the filesystem device of the snapstore files. */
+  storage: DeviceId;
   /** Free-space threshold in bytes below which `halffill` fires. */
   thresholdBytes: number;
 }
@@ -45,8 +43,6 @@ export interface Snapstore extends EventEmitter {
   readonly id: string;
   /** Adds space as byte ranges of the storage device (file extents beneath the filesystem). */
   addDeviceRanges(ranges: ByteRange[]): Promise<void>;
-  /** Adds pinned memory as space; only for snapstores that have no device space. */
-  addMemory(bytes: number): Promise<void>;
   /** Asks the kernel to drop the snapstore; resolves once `terminate` has been seen. */
   cleanup(): Promise<{ filledBytes: number }>;
   on(event: 'event', listener: (event: SnapstoreEvent) => void): this;
@@ -84,13 +80,14 @@ export interface SnapstoreUsage {
 
 export type SnapshotHealth = { ok: true } | { ok: false; errno: number; code: string; reason: string };
 
-/** Reads of a snapshot image. Fails with EIO once the snapshot is corrupt, as the kernel does. */
-export interface ImageReader {
-  readonly path: string;
-  readonly size: number;
-  readonly logicalBlockSize: number;
-  read(offset: number, length: number): Promise<Buffer>;
-  close(): Promise<void>;
+/**
+ * What an engine keeps across agent restarts within one boot (which kernel snapshot a handle
+ * names...), as one document. The agent's database implements it and forgets it after a
+ * reboot (agent/recovery.ts); the engine never sees the boot.
+ */
+export interface EngineMemory {
+  read(): string | undefined;
+  write(document: string): void;
 }
 
 export interface SnapshotEngine {

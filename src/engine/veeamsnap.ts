@@ -9,43 +9,38 @@ import crypto from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { isSystemError } from '../native/binding';
 import { DirectReader } from '../native/reader';
 import { SnapstorePipe } from '../native/snapstore-pipe';
 import { DEFAULT_CONTROL_DEVICE, VeeamsnapControl, kernelEntriesFromKallsyms, type VeeamsnapTracker as KernelTracker } from '../native/veeamsnap';
 import { SerialQueue } from '../core/serial';
-import { EngineError } from './errors';
+import { errnoName, kernelError } from '../core/errors';
+import { sameDevice, showDevice, type ByteRange, type DeviceId } from '../core/devices';
+import type { ImageReader } from '../core/image';
 import type {
-  ByteRange, DeviceId, ImageReader, SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore,
-  SnapstoreEvent, SnapstoreOptions, SnapstoreUsage, TrackerInfo,
+  SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore, SnapstoreEvent, SnapstoreOptions, SnapstoreUsage, TrackerInfo, EngineMemory,
 } from './types';
-import { sameDevice } from '../core/devices';
 
 const CBT_READ_CHUNK = 4 * 1024 * 1024;
 const ACK_TIMEOUT_MS = 10_000;
 
 export interface VeeamsnapEngineOptions {
   /** Where the engine keeps the handle -> kernel snapshot id map (agent state, not public). */
-  stateDir: string;
+  memory: EngineMemory;
   controlDevice?: string;
   /** Directory holding the veeamimageN nodes. */
   devDir?: string;
   /** How long to wait for an image node after a snapshot is created. */
   imageNodeTimeoutMs?: number;
   kallsymsPath?: string;
-  /** Defaults to /proc/sys/kernel/random/boot_id; kernel ids from another boot are meaningless. */
-  bootId?: string;
 }
 
-interface HandleFile {
-  bootId: string;
+interface Handles {
   /** handle -> kernel snapshot id (hex) and its devices. */
   snapshots: Record<string, { kernelId: string; devices: DeviceId[] }>;
 }
 
-const show = (device: DeviceId): string => `${device.major}:${device.minor}`;
 
 /** The 16 generation bytes in the canonical UUID text form. */
 export function generationUuid(bytes: Buffer): string {
@@ -71,8 +66,7 @@ export class VeeamsnapSnapstore extends EventEmitter implements Snapstore {
   private lastUsage: SnapstoreUsage = { filledBytes: 0, measuredAt: new Date() };
 
   constructor(readonly id: string, private readonly pipe: SnapstorePipe,
-    private readonly control: Pick<VeeamsnapControl, 'snapstoreCleanup' | 'snapstoreMemory'>,
-    private readonly storage: DeviceId | null, private readonly terminateWaitMs = TERMINATE_WAIT_MS) {
+    private readonly control: Pick<VeeamsnapControl, 'snapstoreCleanup'>, private readonly terminateWaitMs = TERMINATE_WAIT_MS) {
     super();
     pipe.on('halffill', ({ filledBytes }) => this.emitEvent({ type: 'halffill', filledBytes: Number(filledBytes) }));
     pipe.on('overflow', ({ errno, filledBytes }) => this.emitEvent({ type: 'overflow', errno, filledBytes: Number(filledBytes) }));
@@ -98,12 +92,7 @@ export class VeeamsnapSnapstore extends EventEmitter implements Snapstore {
   }
 
   async addDeviceRanges(ranges: ByteRange[]): Promise<void> {
-    if (this.storage === null) throw new EngineError('EFAULT', 'NEXT_PORTION', 'a memory snapstore takes no device ranges');
     await this.pipe.nextPortion(ranges);
-  }
-
-  async addMemory(bytes: number): Promise<void> {
-    await this.control.snapstoreMemory(Buffer.from(this.id, 'hex'), bytes);
   }
 
   async cleanup(): Promise<{ filledBytes: number }> {
@@ -142,7 +131,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
   private control: VeeamsnapControl | null = null;
   private readonly snapstores = new Set<VeeamsnapSnapstore>();
   private readonly queue = new SerialQueue();
-  private handles: HandleFile | null = null;
+  private handles: Handles | null = null;
   private moduleBlockSize = 256 * 1024;
 
   constructor(private readonly options: VeeamsnapEngineOptions) {}
@@ -158,7 +147,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
       control = await VeeamsnapControl.open(this.controlDevice);
     } catch (err) {
       if (isSystemError(err, 'ENOENT')) {
-        throw new EngineError('ENOENT', 'start', `${this.controlDevice} does not exist: is the veeamsnap module loaded (modprobe veeamsnap)?`);
+        throw kernelError('ENOENT', 'start', `${this.controlDevice} does not exist: is the veeamsnap module loaded (modprobe veeamsnap)?`);
       }
       throw err;
     }
@@ -170,13 +159,12 @@ export class VeeamsnapEngine implements SnapshotEngine {
         try {
           entries = kernelEntriesFromKallsyms(kallsyms, unresolved);
         } catch (err) {
-          throw new EngineError('ENOENT', 'start', `cannot resolve the kernel entries veeamsnap needs (${unresolved.join(', ')}): ${(err as Error).message}`);
+          throw kernelError('ENOENT', 'start', `cannot resolve the kernel entries veeamsnap needs (${unresolved.join(', ')}): ${(err as Error).message}`);
         }
         await control.setKernelEntries(entries);
       }
       this.moduleBlockSize = await control.trackingBlockSize();
-      await fsp.mkdir(this.options.stateDir, { recursive: true });
-      this.handles = await this.loadHandles();
+      this.handles = this.loadHandles();
     } catch (err) {
       control.close();
       throw err;
@@ -229,13 +217,13 @@ export class VeeamsnapEngine implements SnapshotEngine {
   async readCbtMap(device: DeviceId): Promise<Buffer> {
     const control = this.live();
     const tracker = (await control.trackingCollect()).find((t) => sameDevice(t.device, device));
-    if (tracker === undefined) throw new EngineError('ENODATA', 'IOCTL_TRACKING_READ_CBT_BITMAP', `${show(device)} is not tracked`);
+    if (tracker === undefined) throw kernelError('ENODATA', 'IOCTL_TRACKING_READ_CBT_BITMAP', `${showDevice(device)} is not tracked`);
     const map = Buffer.alloc(tracker.cbtMapSize);
     for (let offset = 0; offset < map.length; offset += CBT_READ_CHUNK) {
       const length = Math.min(CBT_READ_CHUNK, map.length - offset);
       const chunk = await control.readCbtMap(device, offset, length);
       if (chunk.length !== length) {
-        throw new EngineError('EIO', 'IOCTL_TRACKING_READ_CBT_BITMAP', `short CBT read: ${chunk.length} of ${length} bytes at ${offset}`);
+        throw kernelError('EIO', 'IOCTL_TRACKING_READ_CBT_BITMAP', `short CBT read: ${chunk.length} of ${length} bytes at ${offset}`);
       }
       chunk.copy(map, offset);
     }
@@ -246,25 +234,25 @@ export class VeeamsnapEngine implements SnapshotEngine {
 
   createSnapstore(options: SnapstoreOptions): Promise<Snapstore> {
     return this.queue.run(async () => {
-      if (!/^[0-9a-f]{32}$/.test(options.id)) throw new EngineError('EINVAL', 'INITIATE', 'the id must be 32 hex digits');
+      if (!/^[0-9a-f]{32}$/.test(options.id)) throw kernelError('EINVAL', 'INITIATE', 'the id must be 32 hex digits');
       const pipe = await SnapstorePipe.open(this.controlDevice);
       try {
         const ack = new Promise<number>((resolve, reject) => {
-          const timer = setTimeout(() => reject(new EngineError('ETIMEDOUT', 'INITIATE', 'no acknowledgement from the module')), ACK_TIMEOUT_MS);
+          const timer = setTimeout(() => reject(kernelError('ETIMEDOUT', 'INITIATE', 'no acknowledgement from the module')), ACK_TIMEOUT_MS);
           pipe.once('ack', ({ errno }) => {
             clearTimeout(timer);
             resolve(errno);
           });
         });
         ack.catch(() => undefined);
-        await pipe.initiate(Buffer.from(options.id, 'hex'), options.storage ?? 'memory', options.devices, options.thresholdBytes);
+        await pipe.initiate(Buffer.from(options.id, 'hex'), options.storage, options.devices, options.thresholdBytes);
         const errno = await ack;
-        if (errno !== 0) throw new EngineError('EIO', 'INITIATE', `the module refused the snapstore (errno ${errno})`);
+        if (errno !== 0) throw kernelError('EIO', 'INITIATE', `the module refused the snapstore (errno ${errno})`);
       } catch (err) {
         await pipe.close();
         throw err;
       }
-      const snapstore = new VeeamsnapSnapstore(options.id, pipe, this.live(), options.storage);
+      const snapstore = new VeeamsnapSnapstore(options.id, pipe, this.live());
       this.snapstores.add(snapstore);
       snapstore.on('event', (event: SnapstoreEvent) => {
         if (event.type === 'terminate') this.snapstores.delete(snapstore);
@@ -296,26 +284,26 @@ export class VeeamsnapEngine implements SnapshotEngine {
       // The module would break the other snapshot on EALREADY (spec §8.6): refuse it here.
       const before = await control.collectSnapshotImages();
       const busy = devices.find((d) => before.some((image) => sameDevice(image.original, d)));
-      if (busy !== undefined) throw new EngineError('EALREADY', 'IOCTL_SNAPSHOT_CREATE', `${show(busy)} is already in a snapshot`);
+      if (busy !== undefined) throw kernelError('EALREADY', 'IOCTL_SNAPSHOT_CREATE', `${showDevice(busy)} is already in a snapshot`);
 
       const kernelId = await control.snapshotCreate(devices);
       // Persisted at once, so that even a crash in the next steps leaves a way to destroy it.
       const handle = crypto.randomBytes(8).toString('hex');
-      await this.saveHandle(handle, { kernelId: kernelId.toString(16), devices });
+      this.saveHandle(handle, { kernelId: kernelId.toString(16), devices });
       try {
         const after = await control.collectSnapshotImages();
         const images: SnapshotImage[] = devices.map((device) => {
           const found = after.filter((i) => sameDevice(i.original, device) && !before.some((b) => sameDevice(b.image, i.image)));
           if (found.length !== 1) {
-            throw new EngineError('EIO', 'IOCTL_COLLECT_SNAPSHOT_IMAGES', `expected one new image of ${show(device)}, found ${found.length}`);
+            throw kernelError('EIO', 'IOCTL_COLLECT_SNAPSHOT_IMAGES', `expected one new image of ${showDevice(device)}, found ${found.length}`);
           }
-          return { original: { ...device }, image: { ...found[0]!.image }, path: this.imagePath(found[0]!.image) };
+          return { original: { ...device }, image: { ...found[0].image }, path: this.imagePath(found[0].image) };
         });
         await Promise.all(images.map((image) => this.waitForNode(image)));
         return { handle, devices: devices.map((d) => ({ ...d })), images };
       } catch (err) {
         await control.snapshotDestroy(kernelId).catch(() => undefined);
-        await this.saveHandle(handle, null);
+        this.saveHandle(handle, null);
         throw err;
       }
     });
@@ -324,12 +312,12 @@ export class VeeamsnapEngine implements SnapshotEngine {
   destroySnapshot(handle: string): Promise<void> {
     return this.queue.run(async () => {
       const entry = this.handles?.snapshots[handle];
-      if (entry === undefined) throw new EngineError('ENODATA', 'IOCTL_SNAPSHOT_DESTROY', 'no such snapshot');
+      if (entry === undefined) throw kernelError('ENODATA', 'IOCTL_SNAPSHOT_DESTROY', 'no such snapshot');
       try {
         await this.live().snapshotDestroy(BigInt(`0x${entry.kernelId}`));
       } finally {
         // Gone either way: destroyed now, or unknown to the kernel already.
-        await this.saveHandle(handle, null);
+        this.saveHandle(handle, null);
       }
     });
   }
@@ -352,7 +340,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
     const errno = await this.live().snapshotErrno(device);
     if (errno === 0) return { ok: true };
     const code = errnoName(-errno);
-    const reason = -errno === 61 ? 'the snapstore ran out of space' : `the snapshot data is corrupt (${code})`;
+    const reason = code === 'ENODATA' ? 'the snapstore ran out of space' : `the snapshot data is corrupt (${code})`;
     return { ok: false, errno: -errno, code, reason };
   }
 
@@ -377,7 +365,7 @@ export class VeeamsnapEngine implements SnapshotEngine {
         // Not there yet.
       }
       if (Date.now() > deadline) {
-        throw new EngineError('ETIMEDOUT', 'IOCTL_SNAPSHOT_CREATE', `the image node ${image.path} of ${show(image.original)} did not appear`);
+        throw kernelError('ETIMEDOUT', 'IOCTL_SNAPSHOT_CREATE', `the image node ${image.path} of ${showDevice(image.original)} did not appear`);
       }
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
@@ -385,36 +373,21 @@ export class VeeamsnapEngine implements SnapshotEngine {
 
 
   private live(): VeeamsnapControl {
-    if (this.control === null) throw new EngineError('ENODEV', 'engine', 'the veeamsnap engine is not started');
+    if (this.control === null) throw kernelError('ENODEV', 'engine', 'the veeamsnap engine is not started');
     return this.control;
   }
 
-  private handleFile(): string {
-    return path.join(this.options.stateDir, 'veeamsnap-snapshots.json');
+  /** The handles this boot's agents recorded; the agent forgets them after a reboot. */
+  private loadHandles(): Handles {
+    const saved = this.options.memory.read();
+    return saved === undefined ? { snapshots: {} } : JSON.parse(saved) as Handles;
   }
 
-  private async loadHandles(): Promise<HandleFile> {
-    const bootId = this.options.bootId ?? fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-    try {
-      const saved = JSON.parse(await fsp.readFile(this.handleFile(), 'utf8')) as HandleFile;
-      if (saved.bootId === bootId) return saved;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
-    return { bootId, snapshots: {} };
-  }
-
-  private async saveHandle(handle: string, entry: HandleFile['snapshots'][string] | null): Promise<void> {
+  private saveHandle(handle: string, entry: Handles['snapshots'][string] | null): void {
     const handles = this.handles!;
     if (entry === null) delete handles.snapshots[handle];
     else handles.snapshots[handle] = entry;
-    const file = this.handleFile();
-    await fsp.writeFile(`${file}.tmp`, JSON.stringify(handles), { mode: 0o600 });
-    await fsp.rename(`${file}.tmp`, file);
+    this.options.memory.write(JSON.stringify(handles));
   }
 }
 
-function errnoName(errno: number): string {
-  const entry = Object.entries(os.constants.errno as Record<string, number>).find(([, value]) => value === errno);
-  return entry?.[0] ?? `E${errno}`;
-}

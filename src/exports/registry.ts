@@ -1,53 +1,141 @@
-// The export registry over the agent's database: exports are rows written with their snapshot
-// and deleted with it (so a restarted agent serves exactly what it served before), and the
-// lifecycle manager's events tell the servers when one fails or goes away.
+// The one place that publishes, withdraws and opens exports, for both doors. Exports are rows
+// written in the transaction that completes their snapshot and deleted when it goes, so a
+// restarted agent serves exactly what it served before; the events tell the servers at once.
 import { EventEmitter } from 'node:events';
-import type { AgentState } from '../db/state';
-import type { ImageReader } from '../engine/types';
-import { isAgentError } from '../core/errors';
-import type { SnapshotManager } from '../snapshots/manager';
-import type { Export, ExportRegistry, ExportRegistryEvents } from './types';
+import { AgentError, errorCode, notFound } from '../core/errors';
+import type { ImageReader } from '../core/image';
+import type { AgentState, CapturedVolume } from '../db/state';
+import type { SnapshotEngine } from '../engine/types';
+import { API_PREFIX, type Export, type ExportAddress, type ExportEvents, type ExportSource } from './types';
 
-export class SqliteExportRegistry extends EventEmitter<ExportRegistryEvents> implements ExportRegistry {
-  constructor(private readonly state: AgentState, private readonly manager: SnapshotManager) {
+export const exportName = (snapshotId: string, diskId: string): string => `${snapshotId}/${diskId}`;
+export const consumePath = (snapshotId: string, diskId: string): string => `${API_PREFIX}/snapshots/${snapshotId}/consume/${diskId}`;
+
+export interface RegistryOptions {
+  state: AgentState;
+  engine: Pick<SnapshotEngine, 'openImage'>;
+}
+
+const failedError = (snapshotId: string, reason: string): AgentError =>
+  new AgentError('conflict', `snapshot ${snapshotId} has failed: ${reason}`, { code: 'EIO' });
+
+export class ExportRegistry extends EventEmitter<ExportEvents> implements ExportSource {
+  /** Asked when an image answers EIO: finds out whether its snapshot has failed meanwhile. */
+  private healthCheck: () => Promise<void> = async () => {};
+
+  constructor(private readonly options: RegistryOptions) {
     super();
-    manager.on('deleted', (_snapshotId, names) => names.forEach((name) => this.emit('removed', name)));
-    manager.on('failed', (snapshotId, reason) => {
-      for (const row of state.exportsOf(snapshotId)) this.emit('failed', row.name, reason);
-    });
   }
 
+  private get state(): AgentState {
+    return this.options.state;
+  }
+
+  /** Set by the snapshot manager, which owns snapshot health. */
+  onReadError(check: () => Promise<void>): void {
+    this.healthCheck = check;
+  }
+
+  // ---- publishing: called by the snapshot manager ---------------------------------------------
+
+  /** Publishes the volumes of a snapshot; call inside the transaction that completes it. */
+  publish(snapshotId: string, diskIds: readonly string[]): void {
+    for (const diskId of diskIds) {
+      this.state.exports.insert({ name: exportName(snapshotId, diskId), snapshotId, diskId, httpPath: consumePath(snapshotId, diskId) });
+    }
+  }
+
+  /** Withdraws a snapshot's exports: servers close their connections before the snapshot goes. */
+  withdraw(snapshotId: string): string[] {
+    const names = this.state.exports.of(snapshotId).map((row) => row.name);
+    this.state.exports.deleteOfSnapshot(snapshotId);
+    for (const name of names) this.emit('removed', name);
+    return names;
+  }
+
+  /** The snapshot failed: its exports stay listed, but their reads fail from now on. */
+  fail(snapshotId: string, reason: string): void {
+    for (const row of this.state.exports.of(snapshotId)) this.emit('failed', row.name, reason);
+  }
+
+  addressesOf(snapshotId: string): ExportAddress[] {
+    return this.state.exports.of(snapshotId).map((row) => ({
+      name: row.name, httpPath: row.httpPath, snapshotId: row.snapshotId, trackedDiskId: row.diskId,
+    }));
+  }
+
+  // ---- serving: what the doors ask ------------------------------------------------------------
+
   list(): Export[] {
-    return this.state.exports().map((row) => this.get(row.name)).filter((x): x is Export => x !== undefined);
+    return this.state.exports.list().map((row) => this.get(row.name)).filter((x): x is Export => x !== undefined);
   }
 
   get(name: string): Export | undefined {
-    const row = this.state.export(name);
-    if (row === undefined) return undefined;
-    const snapshot = this.state.snapshot(row.snapshotId);
-    const volume = this.state.volume(row.snapshotId, row.diskId);
-    if (snapshot === undefined || volume === undefined || (snapshot.state !== 'ok' && snapshot.state !== 'failed')) return undefined;
+    const found = this.lookUp(name);
+    if (found === undefined) return undefined;
+    const { volume, failure } = found;
+    const row = this.state.exports.get(name)!;
+    const snapshot = this.state.snapshots.get(row.snapshotId)!;
     return {
-      name: row.name,
-      snapshotId: row.snapshotId,
-      trackedDiskId: row.diskId,
-      httpPath: row.httpPath,
+      name, httpPath: row.httpPath, snapshotId: row.snapshotId, trackedDiskId: row.diskId,
       description: `snapshot ${row.snapshotId} of ${row.diskId} (${volume.originalPath}) taken ${snapshot.createdAt}`,
-      sizeBytes: volume.sizeBytes!,
-      cbt: { generationId: volume.generationId!, snapshotNumber: volume.snapshotNumber!, blockSize: volume.cbtBlockSize!, map: volume.cbtMap! },
-      failure: snapshot.state === 'failed' ? snapshot.failure ?? 'failed' : null,
+      sizeBytes: volume.sizeBytes,
+      cbt: { generationId: volume.generationId, snapshotNumber: volume.snapshotNumber, blockSize: volume.cbtBlockSize, map: volume.cbtMap },
+      failure,
     };
   }
 
   async open(name: string): Promise<ImageReader> {
-    const found = this.get(name);
-    if (found === undefined) throw Object.assign(new Error(`no export named ${name}`), { code: 'ENOENT' });
-    try {
-      return await this.manager.openImage(found.snapshotId, found.trackedDiskId);
-    } catch (err) {
-      // A failed snapshot answers reads with EIO, as the kernel does for its image.
-      if (isAgentError(err, 'conflict')) throw Object.assign(new Error(err.message), { code: 'EIO' });
-      throw err;
-    }
+    const found = this.lookUp(name);
+    if (found === undefined) throw new AgentError('not-found', `no export named ${name}`, { code: 'ENOENT' });
+    return this.openVolume(found.volume, found.failure);
+  }
+
+  /** The REST door's way in: the same export, named by the route's snapshot and disk. */
+  async openByVolume(snapshotId: string, diskId: string): Promise<ImageReader> {
+    const found = this.lookUp(exportName(snapshotId, diskId));
+    if (found !== undefined) return this.openVolume(found.volume, found.failure);
+    const snapshot = this.state.snapshots.get(snapshotId);
+    if (snapshot === undefined || snapshot.state === 'creating' || snapshot.state === 'deleting') throw notFound(`snapshot ${snapshotId} not found`);
+    throw notFound(`snapshot ${snapshotId} has no volume of disk ${diskId}`);
+  }
+
+  /** A served export's volume and failure, or undefined when it is not served (unknown, or its snapshot is not live). */
+  private lookUp(name: string): { volume: CapturedVolume; failure: string | null } | undefined {
+    const row = this.state.exports.get(name);
+    if (row === undefined) return undefined;
+    const snapshot = this.state.snapshots.get(row.snapshotId);
+    const volume = this.state.volumes.get(row.snapshotId, row.diskId);
+    if (snapshot === undefined || volume === undefined || (snapshot.state !== 'ok' && snapshot.state !== 'failed')) return undefined;
+    return { volume, failure: snapshot.state === 'failed' ? snapshot.failure ?? 'unknown' : null };
+  }
+
+  private async openVolume(volume: CapturedVolume, failure: string | null): Promise<ImageReader> {
+    const { snapshotId } = volume;
+    if (failure !== null) throw failedError(snapshotId, failure);
+    const reader = await this.options.engine.openImage({
+      original: { major: volume.originalMajor, minor: volume.originalMinor },
+      image: { major: volume.imageMajor, minor: volume.imageMinor },
+      path: volume.imagePath,
+    });
+    return {
+      path: reader.path,
+      size: reader.size,
+      logicalBlockSize: reader.logicalBlockSize,
+      read: async (offset, length) => {
+        try {
+          return await reader.read(offset, length);
+        } catch (err) {
+          // An image that fails reads has usually lost its snapstore: find out and say so, as
+          // every later open will.
+          if (errorCode(err) !== 'EIO') throw err;
+          await this.healthCheck();
+          const now = this.state.snapshots.get(snapshotId);
+          if (now?.state === 'failed') throw failedError(snapshotId, now.failure ?? 'unknown');
+          throw err;
+        }
+      },
+      close: () => reader.close(),
+    };
   }
 }

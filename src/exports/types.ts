@@ -1,16 +1,24 @@
 // The live exports: every volume of every live snapshot, under its NBD export name
-// `SNAPSHOT_ID/DISK_ID` and its HTTP consume path. The NBD server and the REST API serve only
-// what this registry lists; an export that is removed must stop being served at once.
+// `SNAPSHOT_ID/DISK_ID` and its HTTP consume path. Both doors serve only what the registry
+// lists; an export that is withdrawn stops being served at once.
 import type { EventEmitter } from 'node:events';
-import type { ImageReader } from '../engine/types';
+import type { ImageReader } from '../core/image';
 
-export interface Export {
+/** The REST API's root; the consume paths of the exports live under it. */
+export const API_PREFIX = '/api/v1';
+
+/** Where one volume of a snapshot is served. */
+export interface ExportAddress {
   /** NBD export name: `SNAPSHOT_ID/DISK_ID`. */
   name: string;
-  snapshotId: string;
-  trackedDiskId: string;
   /** Path of the REST consume route for the same bytes. */
   httpPath: string;
+  snapshotId: string;
+  trackedDiskId: string;
+}
+
+/** An export as the doors serve it. */
+export interface Export extends ExportAddress {
   /** A line for NBD_INFO_DESCRIPTION. */
   description: string;
   sizeBytes: number;
@@ -20,16 +28,20 @@ export interface Export {
   failure: string | null;
 }
 
-export interface ExportRegistryEvents {
-  /** The export is gone (its snapshot was deleted): close every connection serving it. */
+export interface ExportEvents {
+  /** The export is gone (its snapshot is being deleted): close every connection serving it. */
   removed: [name: string];
   /** The export's snapshot failed: reads must fail from now on, block status may go on. */
   failed: [name: string, reason: string];
 }
 
-export interface ExportRegistry extends EventEmitter<ExportRegistryEvents> {
+/** What the doors need of the registry (tests give the NBD server their own). */
+export interface ExportSource extends EventEmitter<ExportEvents> {
   list(): Export[];
   get(name: string): Export | undefined;
-  /** A reader of the export's image; rejects (code EIO) when the snapshot failed. Caller closes it. */
+  /**
+   * A reader of the export's image; the caller closes it. Rejects with an AgentError: not-found
+   * for an unknown export, conflict with code EIO once the snapshot has failed.
+   */
   open(name: string): Promise<ImageReader>;
 }

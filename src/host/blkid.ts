@@ -101,7 +101,7 @@ export async function partitionEntries(file: string, timeoutMs = DEFAULT_PROBE_T
   if (result.status !== 0) throw new Error(`partx ${file}: exit status ${result.status}: ${result.stderr.trim() || 'no message'}`);
   return result.stdout.split('\n').filter((line) => line.trim() !== '').map((line) => {
     const fields: Record<string, string> = {};
-    for (const match of line.matchAll(/(\w+)="([^"]*)"/g)) fields[match[1]!] = match[2]!;
+    for (const match of line.matchAll(/(\w+)="([^"]*)"/g)) fields[match[1]] = match[2]!;
     return {
       number: Number(fields.NR),
       startSector512: Number(fields.START),

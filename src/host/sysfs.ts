@@ -5,13 +5,11 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { parseDeviceId, showDevice, type DeviceId } from '../core/devices';
+import { AgentError, errorCode } from '../core/errors';
 
-/** A sysfs attribute that is missing or does not hold what it should. */
-export class SysfsError extends Error {
-  constructor(readonly file: string, problem: string) {
-    super(`${file}: ${problem}`);
-    this.name = 'SysfsError';
-  }
+/** A sysfs attribute that is missing or does not hold what it should (the errno name, when reading failed). */
+function sysfsError(file: string, problem: string, cause?: unknown): AgentError {
+  return new AgentError('internal', `${file}: ${problem}`, { code: errorCode(cause), cause });
 }
 
 /** A dev_t as stat returns it (glibc's major/minor encoding). */
@@ -56,7 +54,7 @@ export class Sysfs {
     try {
       return (await fsp.readFile(file, 'utf8')).trim();
     } catch (err) {
-      throw new SysfsError(file, (err as Error).message);
+      throw sysfsError(file, (err as Error).message, err);
     }
   }
 
@@ -65,7 +63,7 @@ export class Sysfs {
     const text = await this.read(name, attribute);
     const value = Number(text);
     if (!/^\d+$/.test(text) || !Number.isSafeInteger(value)) {
-      throw new SysfsError(path.join(this.dir(name), attribute), `expected a non-negative integer, found ${JSON.stringify(text.slice(0, 40))}`);
+      throw sysfsError(path.join(this.dir(name), attribute), `expected a non-negative integer, found ${JSON.stringify(text.slice(0, 40))}`);
     }
     return value;
   }
@@ -73,7 +71,7 @@ export class Sysfs {
   async device(name: string): Promise<DeviceId> {
     const text = await this.read(name, 'dev');
     const device = parseDeviceId(text);
-    if (device === undefined) throw new SysfsError(path.join(this.dir(name), 'dev'), `expected MAJOR:MINOR, found ${JSON.stringify(text.slice(0, 40))}`);
+    if (device === undefined) throw sysfsError(path.join(this.dir(name), 'dev'), `expected MAJOR:MINOR, found ${JSON.stringify(text.slice(0, 40))}`);
     return device;
   }
 
@@ -128,7 +126,7 @@ export class Sysfs {
       return (await fsp.readdir(path.join(this.dir(name), sub))).sort();
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      throw new SysfsError(path.join(this.dir(name), sub), (err as Error).message);
+      throw sysfsError(path.join(this.dir(name), sub), (err as Error).message, err);
     }
   }
 }

@@ -10,10 +10,6 @@
 // agent started last (a process runs one agent; tests read differences).
 import type { Server } from 'node:net';
 import client from 'prom-client';
-import type { AgentState } from '../db/state';
-import type { SnapshotEngine } from '../engine/types';
-import type { AgentService } from '../service';
-import { sameDevice } from '../core/devices';
 
 const PREFIX = 'coriolis_agent_';
 const registry = new client.Registry();
@@ -116,8 +112,10 @@ export interface CbtState {
   snapshotNumber: number;
 }
 
+/** What the metrics read of the agent's snapshots and snapstores (snapshots/types.ts fits it). */
 export interface MetricSources {
-  service: Pick<AgentService, 'listSnapshots' | 'listSnapstores'>;
+  snapshots(): Promise<Array<{ id: string; state: { status: 'ok' | 'failed' }; volumes: Array<{ trackedDiskId: string }> }>>;
+  snapstores(): Promise<Array<{ trackedDiskId: string; allocatedBytes: number; usedBytes: number }>>;
   cbt(): Promise<CbtState[]>;
   httpConnections(): Promise<number>;
   nbdConnections(): number;
@@ -133,22 +131,13 @@ export function registerMetricSources(next: MetricSources): () => void {
   };
 }
 
-/** The CBT generation and number of every tracked disk the engine tracks now. */
-export async function trackedCbt(engine: SnapshotEngine, state: AgentState): Promise<CbtState[]> {
-  const trackers = await engine.listTrackers();
-  return state.trackedDisks().flatMap((disk) => {
-    const tracker = trackers.find(({ device }) => sameDevice(device, disk));
-    return tracker === undefined ? [] : [{ disk: disk.id, generationId: tracker.generationId, snapshotNumber: tracker.snapshotNumber }];
-  });
-}
-
 export function openConnections(server: Server): Promise<number> {
   return new Promise((resolve, reject) => server.getConnections((err, count) => (err === null ? resolve(count) : reject(err))));
 }
 
 async function refreshState(from: MetricSources): Promise<void> {
   const [snapshotList, snapstoreList, cbt, http] = await Promise.all([
-    from.service.listSnapshots(), from.service.listSnapstores(), from.cbt(), from.httpConnections(),
+    from.snapshots(), from.snapstores(), from.cbt(), from.httpConnections(),
   ]);
   for (const gauge of [connections, snapshots, snapstoreAllocated, snapstoreUsed, cbtGeneration, cbtNumber]) gauge.reset();
   connections.set({ protocol: 'http' }, http);

@@ -3,7 +3,7 @@
 // the event loop and owns the layouts; policy (one snapshot at a time, event accounting,
 // waiting for image nodes) belongs to the engine. Every kernel failure rejects with a
 // SystemError whose `syscall` is the ioctl's name and whose `code` is the errno name.
-import { binding } from './binding';
+import { binding, type NativeControlHandle, type NativeEventWaiter } from './binding';
 import type { DeviceId } from '../core/devices';
 
 export const DEFAULT_BLKSNAP_CONTROL_DEVICE = '/dev/veeamblksnap';
@@ -47,22 +47,13 @@ export type BlksnapEvent =
   /** The snapshot no longer exists: no more events will come. */
   | { type: 'gone' };
 
-interface NativeControlHandle {
-  open(): Promise<void>;
-  ioctl(name: string, args?: object): Promise<unknown>;
-  close(): void;
-}
-
-interface NativeEventWaiter {
-  stop(): Promise<void>;
-}
 
 /** An open control device; the ioctls act on module-global state. */
 export class BlksnapControl {
   private constructor(private readonly handle: NativeControlHandle, readonly devicePath: string) {}
 
   static async open(devicePath: string = DEFAULT_BLKSNAP_CONTROL_DEVICE): Promise<BlksnapControl> {
-    const handle = new binding.BlksnapControlHandle(devicePath) as NativeControlHandle;
+    const handle = new binding.BlksnapControlHandle(devicePath);
     await handle.open();
     return new BlksnapControl(handle, devicePath);
   }
@@ -138,7 +129,8 @@ export class BlksnapEventWaiter {
 
   constructor(devicePath: string, id: Buffer, timeoutMs: number, ackDevice: DeviceId,
     onEvent: (err: Error | null, event?: BlksnapEvent) => void) {
-    this.waiter = new binding.BlksnapEventWaiter(devicePath, id, timeoutMs, ackDevice, onEvent) as NativeEventWaiter;
+    // Events are built by blksnap.cc in the BlksnapEvent shape.
+    this.waiter = new binding.BlksnapEventWaiter(devicePath, id, timeoutMs, ackDevice, (err, event) => onEvent(err, event as BlksnapEvent | undefined));
   }
 
   /** Resolves once the thread has ended and every event it read was delivered. */

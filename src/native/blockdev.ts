@@ -19,7 +19,7 @@ export interface BlockDeviceInfo extends DeviceId {
 /** Rejects with code ENOENT, EISDIR, ENOTBLK (neither a file nor a block device), EACCES… */
 export function queryBlockDevice(path: string): BlockDeviceInfo {
   checkPath(path);
-  return binding.queryBlockDevice(path);
+  return binding.queryBlockDevice(path) as BlockDeviceInfo;
 }
 
 /**
@@ -47,14 +47,7 @@ export interface FileExtents {
   ranges: ByteRange[];
 }
 
-interface NativeExtent {
-  logical: number;
-  physical: number;
-  length: number;
-  flags: number;
-}
-
-const fiemapFlags: Record<string, number> = binding.fiemapFlags;
+const { fiemapFlags } = binding;
 
 // Extents whose bytes do not sit plainly at fe_physical on the device.
 const UNMAPPABLE_FLAGS = ['UNKNOWN', 'DELALLOC', 'ENCODED', 'DATA_ENCRYPTED', 'NOT_ALIGNED', 'DATA_INLINE', 'DATA_TAIL'];
@@ -62,27 +55,27 @@ const UNMAPPABLE_FLAGS = ['UNKNOWN', 'DELALLOC', 'ENCODED', 'DATA_ENCRYPTED', 'N
 /**
  * Where a file's bytes are on the block device beneath it (FIEMAP after syncing the file).
  * Unwritten (preallocated) extents are included. Rejects when an extent has no plain device
- * location (code ERR_UNMAPPABLE_EXTENT) and when the filesystem has no block device of its own
- * (code ERR_NO_BLOCK_DEVICE: btrfs, overlayfs… whose FIEMAP addresses are not device offsets).
+ * location (code EOPNOTSUPP) and when the filesystem has no block device of its own
+ * (code ENOTBLK: btrfs, overlayfs… whose FIEMAP addresses are not device offsets).
  */
 export async function fileExtents(path: string): Promise<FileExtents> {
   checkPath(path);
-  const mapped: { device: DeviceId; extents: NativeExtent[] } = await binding.fileExtents(path);
+  const mapped = await binding.fileExtents(path);
   const { major, minor } = mapped.device;
   if (major === 0) {
     throw Object.assign(
       new Error(`${path} is on an anonymous device ${major}:${minor}: its extents are not offsets on a block device`),
-      { code: 'ERR_NO_BLOCK_DEVICE' },
+      { code: 'ENOTBLK' },
     );
   }
   const ranges: ByteRange[] = [];
   let fileEnd = 0;
   for (const extent of mapped.extents) {
-    const unmappable = UNMAPPABLE_FLAGS.filter((name) => (extent.flags & fiemapFlags[name]!) !== 0);
+    const unmappable = UNMAPPABLE_FLAGS.filter((name) => (extent.flags & fiemapFlags[name]) !== 0);
     if (unmappable.length > 0) {
       throw Object.assign(
         new Error(`extent at byte ${extent.logical} of ${path} is ${unmappable.join('|')}: it has no plain location on the device`),
-        { code: 'ERR_UNMAPPABLE_EXTENT' },
+        { code: 'EOPNOTSUPP' },
       );
     }
     const previous = ranges[ranges.length - 1];
@@ -109,10 +102,10 @@ export interface FileExtent {
  */
 export async function fileLayout(path: string): Promise<FileExtent[]> {
   checkPath(path);
-  const mapped: { extents: NativeExtent[] } = await binding.fileExtents(path);
+  const mapped = await binding.fileExtents(path);
   return mapped.extents.map(({ logical, physical, length, flags }) => ({
     logical,
-    physical: UNMAPPABLE_FLAGS.some((name) => (flags & fiemapFlags[name]!) !== 0) ? null : physical,
+    physical: UNMAPPABLE_FLAGS.some((name) => (flags & fiemapFlags[name]) !== 0) ? null : physical,
     length,
   }));
 }
@@ -127,5 +120,5 @@ export interface FsStats {
 /** statvfs of the filesystem holding `path`. */
 export function fsStats(path: string): FsStats {
   checkPath(path);
-  return binding.fsStats(path);
+  return binding.fsStats(path) as FsStats;
 }

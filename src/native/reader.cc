@@ -463,7 +463,7 @@ class DirectReaderHandle : public Napi::ObjectWrap<DirectReaderHandle> {
     if (state_ != State::kOpen) {
       return Rejected(env, ReaderError(env, "read " + path_ + ": the reader is " +
                                                 (state_ == State::kClosed ? "closed" : "not open"),
-                                       "ERR_READER_CLOSED"));
+                                       "ESHUTDOWN"));
     }
     // A safety net against allocating for an impossible range; TypeScript explains the limits.
     if (offset > geometry_.size || length > geometry_.size - offset) {

@@ -1,6 +1,6 @@
 // Typed facade over the addon's direct reader: O_DIRECT reads of any byte range of a block
 // device or regular file, answered with buffers that point into pooled aligned memory.
-import { binding } from './binding';
+import { binding, type NativeReaderHandle } from './binding';
 import type { BlockDeviceInfo } from './blockdev';
 import { IO_PRIORITIES, type IoPriority } from './io-priority';
 import { checkByteCount, checkPath } from './validate';
@@ -8,13 +8,6 @@ import { checkByteCount, checkPath } from './validate';
 /** Longest single read; longer ones reject before reaching the addon. */
 export const MAX_READ_LENGTH = 64 * 1024 * 1024;
 
-interface NativeReaderHandle {
-  open(): Promise<BlockDeviceInfo>;
-  read(offset: number, length: number): Promise<Buffer>;
-  close(): Promise<void>;
-}
-
-const NativeReaderHandle: new (path: string) => NativeReaderHandle = binding.DirectReaderHandle;
 
 export class DirectReader {
   private closing: Promise<void> | undefined;
@@ -28,8 +21,9 @@ export class DirectReader {
   /** Opens `path` read-only with O_DIRECT; rejects with code ENOENT, EISDIR, ENOTBLK, EINVAL… */
   static async open(path: string): Promise<DirectReader> {
     checkPath(path);
-    const handle = new NativeReaderHandle(path);
-    const geometry = await handle.open();
+    const handle = new binding.DirectReaderHandle(path);
+    // Its shape is the one queryBlockDevice reports (blockdev.cc).
+    const geometry = await handle.open() as BlockDeviceInfo;
     // A device's tail shorter than a logical block cannot be read with O_DIRECT (a loop device
     // over a file whose size is not a multiple of its sector size has one): it is not offered.
     if (geometry.kind === 'block') {
@@ -47,7 +41,7 @@ export class DirectReader {
   /**
    * Exactly `length` bytes from `offset`. The buffer points into pooled memory that returns to
    * the pool when the buffer is garbage collected. Rejects with code ERANGE past the end and
-   * ERR_READER_CLOSED once close() was called.
+   * ESHUTDOWN once close() was called.
    */
   read(offset: number, length: number): Promise<Buffer> {
     try {
@@ -70,8 +64,9 @@ export class DirectReader {
 
   /** Waits for the reads in flight, then closes the descriptor. Later calls share the result. */
   close(): Promise<void> {
-    this.closing ??= this.handle.close();
-    return this.closing;
+    const closing = this.closing ?? this.handle.close();
+    this.closing = closing;
+    return closing;
   }
 }
 
@@ -95,7 +90,7 @@ export interface ReaderPoolStats {
 }
 
 export function readerPoolStats(): ReaderPoolStats {
-  return binding.readerPoolStats();
+  return binding.readerPoolStats() as ReaderPoolStats;
 }
 
 export interface ReaderPoolOptions {
@@ -109,7 +104,7 @@ export interface ReaderPoolOptions {
 
 /** ioprio_set(2) class and level of each name; the class numbers come from the addon. */
 function ioPriorityValue(priority: IoPriority): { ioClass: number; level: number } {
-  const classes = binding.ioPriorityClasses as { none: number; bestEffort: number; idle: number; lowestLevel: number };
+  const classes = binding.ioPriorityClasses;
   switch (priority) {
     case 'normal': return { ioClass: classes.none, level: 0 };
     case 'best-effort-low': return { ioClass: classes.bestEffort, level: classes.lowestLevel };

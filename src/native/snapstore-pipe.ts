@@ -4,7 +4,7 @@
 // serves exactly one snapstore: open one per snapstore, and keep ioctls on VeeamsnapControl.
 import { EventEmitter } from 'node:events';
 
-import { binding } from './binding';
+import { binding, type NativePipeHandle } from './binding';
 import type { DeviceId } from '../core/devices';
 import { DEFAULT_CONTROL_DEVICE, toWireRanges, type Bytes, type KernelRange, type SnapstoreStorage } from './veeamsnap';
 
@@ -57,25 +57,12 @@ export interface SnapstorePipeEvents {
   error: [Error];
 }
 
-interface NativePipeHandle {
-  open(): Promise<void>;
-  write(name: string, args: object): Promise<{ written: number; length: number }>;
-  close(): Promise<void>;
-}
-
-export interface SnapstorePipe {
-  on<K extends keyof SnapstorePipeEvents>(event: K, listener: (...args: SnapstorePipeEvents[K]) => void): this;
-  once<K extends keyof SnapstorePipeEvents>(event: K, listener: (...args: SnapstorePipeEvents[K]) => void): this;
-  off<K extends keyof SnapstorePipeEvents>(event: K, listener: (...args: SnapstorePipeEvents[K]) => void): this;
-  emit<K extends keyof SnapstorePipeEvents>(event: K, ...args: SnapstorePipeEvents[K]): boolean;
-}
-
 /**
  * One pipe and its reader thread. While open it keeps the event loop alive (like a socket);
  * close() stops the reader, closes the fd and lets the process exit. Closing does not destroy
  * the snapstore: its later events are lost (spec §4.6). Listen for 'error'.
  */
-export class SnapstorePipe extends EventEmitter {
+export class SnapstorePipe extends EventEmitter<SnapstorePipeEvents> {
   private snapstore: Buffer | null = null;
   private initiated = false;
   private closing: Promise<void> | null = null;
@@ -90,9 +77,8 @@ export class SnapstorePipe extends EventEmitter {
   /** Opens a new pipe (O_RDWR) and starts its reader. `devicePath` lets tests point elsewhere. */
   static async open(devicePath: string = DEFAULT_CONTROL_DEVICE): Promise<SnapstorePipe> {
     let pipe: SnapstorePipe | null = null;
-    const handle = new binding.SnapstorePipeHandle(devicePath, (err: Error | null, event?: SnapstorePipeEvent) =>
-      pipe?.deliver(err, event),
-    ) as NativePipeHandle;
+    // Events are built by snapstore_pipe.cc in the SnapstorePipeEvent shape.
+    const handle = new binding.SnapstorePipeHandle(devicePath, (err, event) => pipe?.deliver(err, event as SnapstorePipeEvent | undefined));
     pipe = new SnapstorePipe(handle, devicePath);
     await handle.open();
     return pipe;
@@ -128,8 +114,9 @@ export class SnapstorePipe extends EventEmitter {
 
   /** Stops the reader thread and closes the fd. No event is emitted after this is called. */
   close(): Promise<void> {
-    this.closing ??= this.handle.close();
-    return this.closing;
+    const closing = this.closing ?? this.handle.close();
+    this.closing = closing;
+    return closing;
   }
 
   private requireSnapstore(): Buffer {
@@ -142,7 +129,7 @@ export class SnapstorePipe extends EventEmitter {
     const { written, length } = await this.handle.write(name, args);
     if (written !== length) {
       throw Object.assign(new Error(`${name} ${this.devicePath}: short write (${written} of ${length} bytes)`), {
-        code: 'ERR_SHORT_WRITE',
+        code: 'EIO',
         syscall: name,
         path: this.devicePath,
       });
@@ -152,6 +139,7 @@ export class SnapstorePipe extends EventEmitter {
   private deliver(err: Error | null, event?: SnapstorePipeEvent): void {
     if (this.closing !== null) return;
     if (err !== null) this.emit('error', err);
-    else if (event !== undefined) this.emit(event.type, event as never);
+    // Each event goes out under its own type, which SnapstorePipeEvents pairs with it.
+    else if (event !== undefined) EventEmitter.prototype.emit.call(this, event.type, event);
   }
 }

@@ -4,7 +4,7 @@
 // Policy (EALREADY as success, retries, waiting for image nodes, ioctl serialisation) belongs
 // to the engine above. Every kernel failure rejects with a SystemError whose `syscall` is the
 // ioctl's name (e.g. 'IOCTL_TRACKING_ADD') and whose `code` is the errno name.
-import { binding } from './binding';
+import { binding, type NativeControlHandle } from './binding';
 import type { DeviceId } from '../core/devices';
 
 export const DEFAULT_CONTROL_DEVICE = '/dev/veeamsnap';
@@ -137,11 +137,6 @@ export function kernelEntriesFromKallsyms(kallsyms: string, unresolved: readonly
   });
 }
 
-interface NativeControlHandle {
-  open(): Promise<void>;
-  ioctl(name: string, args?: object): Promise<unknown>;
-  close(): void;
-}
 
 /**
  * An open control device. Every method is one ioctl (or one two-phase enumeration) run on the
@@ -156,7 +151,7 @@ export class VeeamsnapControl {
 
   /** Opens the control device (O_RDWR). `devicePath` lets tests point elsewhere. */
   static async open(devicePath: string = DEFAULT_CONTROL_DEVICE): Promise<VeeamsnapControl> {
-    const handle = new binding.VeeamsnapControlHandle(devicePath) as NativeControlHandle;
+    const handle = new binding.VeeamsnapControlHandle(devicePath);
     await handle.open();
     return new VeeamsnapControl(handle, devicePath);
   }

@@ -15,8 +15,8 @@ import type net from 'node:net';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type tls from 'node:tls';
 import { clientIdentity, notAllowedMessage, type ClientAllowList } from '../doors/allow-list';
-import type { ImageReader } from '../engine/types';
-import type { Export, ExportRegistry } from '../exports/types';
+import type { ImageReader } from '../core/image';
+import type { Export, ExportSource } from '../exports/types';
 import type { Logger } from '../core/log';
 import { listContexts, selectContexts, type MetaContext } from './contexts';
 import type { TlsMaterial } from '../doors/tls';
@@ -28,6 +28,7 @@ import {
   MAX_OPTION_LENGTH, MAX_PAYLOAD, MIN_PREFERRED_BLOCK_SIZE, Option, OPTION_HEADER_LENGTH, OPTION_MAGIC, OptionReply,
   TransmissionFlag, type BlockSizeConstraints,
 } from './wire';
+import { isFailedSnapshot } from './errors';
 
 /** Minimum block size announced for a failed export, whose image cannot be opened to ask. */
 const FALLBACK_LOGICAL_BLOCK_SIZE = 512;
@@ -63,7 +64,7 @@ export interface Session {
 }
 
 export interface HandshakeSettings {
-  registry: ExportRegistry;
+  registry: ExportSource;
   log: Logger;
   /** null when TLS is off (loopback and Unix sockets only). */
   tls: TlsMaterial | null;
@@ -447,8 +448,7 @@ class Negotiation {
     try {
       reader = await registry.open(name);
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== 'EIO') {
+      if (!isFailedSnapshot(err)) {
         log.warn({ export: name, err: (err as Error).message }, 'cannot open the export');
         return null;
       }

@@ -1,5 +1,5 @@
 // The NBD server: a TCP listener (and optionally a Unix socket for local consumers) serving the
-// exports of an ExportRegistry, read-only. Each connection runs the handshake (handshake.ts),
+// exports of the export registry (exports/), read-only. Each connection runs the handshake (handshake.ts),
 // then the transmission phase (transmission.ts) until the client disconnects, the export is
 // removed or the server closes.
 //
@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { ClientAllowList } from '../doors/allow-list';
-import type { ExportRegistry } from '../exports/types';
+import type { ExportSource } from '../exports/types';
 import type { Logger } from '../core/log';
 import type { ReadLimits } from '../doors/limits';
 import { closeGently, negotiate } from './handshake';
@@ -25,7 +25,7 @@ const KEEPALIVE_DELAY_MS = 30_000;
 export type NbdTlsOptions = { mode: 'off' } | ({ mode: 'require' } & TlsMaterial);
 
 export interface NbdServerOptions {
-  registry: ExportRegistry;
+  registry: ExportSource;
   log: Logger;
   /** 'require': client certificates signed by caCertificate; 'off': plaintext, loopback binds only. */
   tls: NbdTlsOptions;

@@ -18,11 +18,13 @@
 // slowly it leaves), and never bytes still queued or the socket's own idle timer.
 import type net from 'node:net';
 import tls from 'node:tls';
-import type { ImageReader } from '../engine/types';
+import type { ImageReader } from '../core/image';
 import type { Logger } from '../core/log';
 import { countServedBytes } from '../metrics/metrics';
 import { recycleReadBuffer } from '../native/reader';
-import { ReadCancelledError, throttle, type ReadLimits } from '../doors/limits';
+import { AgentError, isAgentError } from '../core/errors';
+import { throttle, type ReadLimits } from '../doors/limits';
+import { nbdErrorOf } from './errors';
 import { contextExtents } from './contexts';
 import { closeGently, type Session } from './handshake';
 import {
@@ -102,11 +104,6 @@ function checkRequest(request: Request, session: Session): RequestError | null {
     if (length === 0) return { error: NbdError.EINVAL, message: 'block status of an empty range' };
   }
   return null;
-}
-
-/** The NBD error for a failed read of the image. */
-function readError(err: unknown): number {
-  return (err as NodeJS.ErrnoException)?.code === 'ERR_READER_CLOSED' ? NbdError.ESHUTDOWN : NbdError.EIO;
 }
 
 /** The libuv stream under a socket: what it has been given, and what of it the kernel has not taken yet. */
@@ -323,7 +320,7 @@ export class Transmission {
       for (const entry of run) this.readAlone(entry);
       return;
     }
-    const start = run[0]!.request.offset;
+    const start = run[0].request.offset;
     const last = run.at(-1)!.request;
     this.reader.read(start, last.offset + last.length - start).then(
       (data) => {
@@ -365,16 +362,16 @@ export class Transmission {
       } else {
         const { request } = entry;
         const message = (err as Error)?.message ?? String(err);
-        if (this.failure === null && !(err instanceof ReadCancelledError)) this.settings.log.warn({ offset: request.offset, length: request.length, err: message }, 'NBD read failed');
-        this.replyError(request, readError(err), message);
+        if (this.failure === null && !isAgentError(err, 'cancelled')) this.settings.log.warn({ offset: request.offset, length: request.length, err: message }, 'NBD read failed');
+        this.replyError(request, nbdErrorOf(err), message);
       }
     }
     if (this.stopped) this.closeWhenAnswered();
     else this.resumeIfRoom();
   }
 
-  private snapshotFailure(): Error {
-    return Object.assign(new Error(`the snapshot failed: ${this.failure ?? 'its image cannot be opened'}`), { code: 'EIO' });
+  private snapshotFailure(): AgentError {
+    return new AgentError('conflict', `the snapshot failed: ${this.failure ?? 'its image cannot be opened'}`, { code: 'EIO' });
   }
 
   private sendData(request: Request, data: Buffer, written?: () => void): void {

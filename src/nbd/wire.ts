@@ -225,7 +225,7 @@ export function encodeString(text: string): Buffer {
   const bytes = Buffer.from(text, 'utf8');
   if (bytes.length <= MAX_STRING_LENGTH) return bytes;
   let end = MAX_STRING_LENGTH;
-  while (end > 0 && (bytes[end]! & 0xc0) === 0x80) end--;
+  while (end > 0 && (bytes[end] & 0xc0) === 0x80) end--;
   return bytes.subarray(0, end);
 }
 

@@ -38,7 +38,7 @@ export interface Changes {
 /** The rule itself: was `block` changed after snapshot `since`, as of snapshot `current`? */
 export function changedSince(map: Uint8Array, block: number, since: number, current: number): boolean {
   if (block >= map.length) return true;
-  const stamp = map[block]!;
+  const stamp = map[block];
   return stamp > since && stamp <= current;
 }
 
@@ -72,6 +72,8 @@ export function computeChanges(query: ChangesQuery): Changes {
   isChange.fill(1, previous + 1, current + 1);
   const singleStamp = previous + 1 === current;
   const ranges: ChangedRange[] = [];
+  // A Buffer view of the map, for its native byte search.
+  const bytes = Buffer.from(map.buffer, map.byteOffset, map.byteLength);
   const deviceBlocks = Math.ceil(deviceSize / blockSize);
   const blocks = Math.min(map.length, deviceBlocks);
   let runStart = -1;
@@ -82,7 +84,7 @@ export function computeChanges(query: ChangesQuery): Changes {
     if (singleStamp && streak >= 64) {
       streak = 0;
       if (runStart < 0) {
-        const next = Buffer.prototype.indexOf.call(map, current, i) as number;
+        const next = bytes.indexOf(current, i);
         if (next < 0 || next >= blocks) break;
         i = next;
       } else {
@@ -90,7 +92,7 @@ export function computeChanges(query: ChangesQuery): Changes {
         if (i >= blocks) break;
       }
     }
-    const changed = isChange[map[i]!] === 1;
+    const changed = isChange[map[i]] === 1;
     if (changed === runStart >= 0) {
       streak++;
     } else if (changed) {

@@ -7,18 +7,17 @@
 // - a snapstore's files are deleted only after the kernel has let go of them;
 // - create and delete are serialised with each other, never with downloads.
 import crypto from 'node:crypto';
-import { EventEmitter } from 'node:events';
-import type { AgentState, SnapshotRow, SnapstoreRow, VolumeRow } from '../db/state';
-import { errorCode } from '../engine/errors';
-import type { DeviceId, ImageReader, SnapshotEngine, Snapstore } from '../engine/types';
-import { AgentError, conflict, invalid, notFound } from '../core/errors';
+import type { AgentState, Capture, CapturedVolume, SnapshotRow, SnapstoreRow } from '../db/state';
+import type { SnapshotEngine, Snapstore } from '../engine/types';
+import type { ExportRegistry } from '../exports/registry';
+import { AgentError, conflict, errorCode, invalid, notFound } from '../core/errors';
 import { faultPoint } from '../core/faults';
 import { SerialQueue } from '../core/serial';
 import type { Logger } from '../core/log';
-import type { ChangesRequest, Snapshot, SnapshotChanges, SnapstoreInfo, VolumeSnapshot } from '../service';
+import type { ChangesRequest, Snapshot, SnapshotChanges, SnapstoreInfo, VolumeSnapshot } from './types';
 import { deleteSnapstoreFiles, recordedFill, SnapstoreWatcher } from '../watchers/watcher';
 import { computeChanges } from './changes';
-import { sameDevice } from '../core/devices';
+import { sameDevice, type DeviceId } from '../core/devices';
 
 /** Share of a disk's size given to its snapstore up front (the original agent's choice). */
 const INITIAL_SPACE_RATIO = 0.2;
@@ -26,6 +25,8 @@ const INITIAL_SPACE_RATIO = 0.2;
 export interface ManagerOptions {
   engine: SnapshotEngine;
   state: AgentState;
+  /** Publishes a snapshot's exports when it is complete, withdraws them when it goes or fails. */
+  exports: ExportRegistry;
   log: Logger;
   /** Growth step and free-space threshold of every snapstore. */
   snapStoreFileSize: number;
@@ -35,13 +36,6 @@ export interface ManagerOptions {
   diskSize(path: string): number;
   healthIntervalMs?: number;
   growthRetryMs?: number;
-}
-
-export interface ManagerEvents {
-  /** A snapshot's data can no longer be trusted. */
-  failed: [snapshotId: string, reason: string];
-  /** The snapshot and its exports are gone. */
-  deleted: [snapshotId: string, exportNames: string[]];
 }
 
 const device = (major: number, minor: number): DeviceId => ({ major, minor });
@@ -55,7 +49,7 @@ export interface AtRiskSnapstore {
   reason: string;
 }
 
-export class SnapshotManager extends EventEmitter<ManagerEvents> {
+export class SnapshotManager {
   private readonly watchers = new Map<string, SnapstoreWatcher>();
   private readonly lifecycle = new SerialQueue();
   /** A rollback failed: what it left is finished before the next create or delete. */
@@ -63,7 +57,8 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   private healthTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: ManagerOptions) {
-    super();
+    // A read error may be the first sign of an overflow: the registry asks before it answers.
+    options.exports.onReadError(() => this.checkHealth());
   }
 
   private get state(): AgentState {
@@ -89,8 +84,8 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
 
   private async reconcile(): Promise<void> {
     const known = await this.finishInterrupted();
-    for (const row of this.state.snapshots()) {
-      for (const store of this.state.snapstoresOf(row.id)) {
+    for (const row of this.state.snapshots.list()) {
+      for (const store of this.state.snapstores.of(row.id)) {
         const watcher = this.watch(store, null);
         // The kernel cannot give a restarted agent the snapstore's events back: the watcher
         // grows it if its fill calls for it, now and from now on.
@@ -112,7 +107,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   private async finishInterrupted(): Promise<Set<string>> {
     const { engine, log } = this.options;
     this.leftovers = false;
-    const rows = this.state.snapshots();
+    const rows = this.state.snapshots.list();
     const kept = new Set(rows.filter((r) => r.state === 'ok' || r.state === 'failed').map((r) => r.engineHandle));
     const remaining = new Set<string>();
     for (const snapshot of await engine.listSnapshots()) {
@@ -166,11 +161,11 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   private async create(diskIds: string[]): Promise<Snapshot> {
     const { state } = this;
     const disks = diskIds.map((id) => {
-      const disk = state.trackedDisk(id);
+      const disk = state.disks.get(id);
       if (disk === undefined) throw notFound(`disk ${id} is not tracked`);
-      const mapping = state.mappingOf(id);
+      const mapping = state.mappings.ofDisk(id);
       if (mapping === undefined) throw notFound(`disk ${id} has no snapstore mapping`);
-      const existing = state.snapshotOfDisk(id);
+      const existing = state.snapshots.ofDisk(id);
       if (existing !== undefined) throw conflict(`disk ${id} already has snapshot ${existing.id}`);
       return { disk, mapping, storage: this.options.locationDevice(mapping.location) };
     });
@@ -184,22 +179,21 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       };
     });
     state.transaction(() => {
-      state.insertSnapshot({ id: snapshotId, engineHandle: null, state: 'creating', failure: null, createdAt: new Date().toISOString() });
+      state.snapshots.insert({ id: snapshotId, engineHandle: null, state: 'creating', failure: null, createdAt: new Date().toISOString() });
       stores.forEach((store, index) => {
-        const { disk } = disks[index]!;
-        state.insertSnapstore(store);
-        state.insertVolume({
-          snapshotId, diskId: disk.id, snapstoreId: store.id, originalPath: disk.path, originalMajor: disk.major,
-          originalMinor: disk.minor, imagePath: null, imageMajor: null, imageMinor: null, generationId: null,
-          snapshotNumber: null, cbtBlockSize: null, sizeBytes: null, cbtMap: null,
+        const { disk } = disks[index];
+        state.snapstores.insert(store);
+        state.volumes.insert({
+          snapshotId, diskId: disk.id, snapstoreId: store.id, originalPath: disk.path, originalMajor: disk.major, originalMinor: disk.minor,
         });
       });
     });
     faultPoint('create:rows');
 
     try {
-      await this.createSnapstores(stores, disks.map((d) => d.disk.path));
-      await this.capture(snapshotId, disks.map(({ disk }) => ({ id: disk.id, device: device(disk.major, disk.minor) })));
+      const devices = disks.map(({ disk }) => ({ id: disk.id, path: disk.path, device: device(disk.major, disk.minor) }));
+      await this.createSnapstores(stores, devices);
+      await this.capture(snapshotId, devices);
     } catch (err) {
       this.options.log.error({ err, snapshot: snapshotId }, 'snapshot creation failed: rolling back');
       await this.rollBack(snapshotId);
@@ -211,7 +205,9 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       throw new AgentError('internal', `cannot create the snapshot: ${code ?? 'internal error'}, see the agent log`, { cause: err });
     }
     this.options.log.info({ snapshot: snapshotId, disks: diskIds }, 'snapshot created');
-    for (const row of state.exportsOf(snapshotId)) this.options.log.info({ snapshot: snapshotId, export: row.name, httpPath: row.httpPath }, 'export published');
+    for (const address of this.options.exports.addressesOf(snapshotId)) {
+      this.options.log.info({ snapshot: snapshotId, export: address.name, httpPath: address.httpPath }, 'export published');
+    }
     return this.getSnapshot(snapshotId);
   }
 
@@ -223,7 +219,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   private async rollBack(snapshotId: string): Promise<void> {
     try {
       // The row as it is now: the kernel snapshot's handle may have been recorded since.
-      const row = this.state.snapshot(snapshotId);
+      const row = this.state.snapshots.get(snapshotId);
       if (row !== undefined) await this.dropSnapshot(row);
     } catch (err) {
       this.leftovers = true;
@@ -231,51 +227,48 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     }
   }
 
-  private async createSnapstores(stores: SnapstoreRow[], paths: string[]): Promise<void> {
+  private async createSnapstores(stores: SnapstoreRow[], disks: Array<{ path: string; device: DeviceId }>): Promise<void> {
     for (const [index, store] of stores.entries()) {
-      const row = this.state.volume(store.snapshotId, store.diskId)!;
+      const disk = disks[index];
       const snapstore: Snapstore = await this.options.engine.createSnapstore({
         id: store.id,
-        devices: [device(row.originalMajor, row.originalMinor)],
+        devices: [disk.device],
         storage: device(store.storageMajor, store.storageMinor),
         thresholdBytes: this.options.snapStoreFileSize,
       });
       const watcher = this.watch(store, snapstore);
       faultPoint('create:snapstore');
-      await watcher.addSpace(this.options.diskSize(paths[index]!) * INITIAL_SPACE_RATIO);
+      await watcher.addSpace(this.options.diskSize(disk.path) * INITIAL_SPACE_RATIO);
       faultPoint('create:space');
-      this.state.setSnapstoreState(store.id, 'active');
+      this.state.snapstores.setState(store.id, 'active');
     }
   }
 
   private async capture(snapshotId: string, disks: Array<{ id: string; device: DeviceId }>): Promise<void> {
     const { engine } = this.options;
     const info = await engine.createSnapshot(disks.map((d) => d.device));
-    this.state.setSnapshotHandle(snapshotId, info.handle);
+    this.state.snapshots.setHandle(snapshotId, info.handle);
     faultPoint('create:snapshot');
     const trackers = await engine.listTrackers();
-    const volumes: Array<Parameters<AgentState['completeVolume']>[0]> = [];
+    const captures: Array<{ diskId: string; capture: Capture }> = [];
     for (const disk of disks) {
       const image = info.images.find((i) => sameDevice(i.original, disk.device));
       const tracker = trackers.find((t) => sameDevice(t.device, disk.device));
       if (image === undefined || tracker === undefined) throw new Error(`the kernel reported no image or tracker for disk ${disk.id}`);
       // The map is only readable while the snapshot exists; it is kept for the changes queries.
       const cbtMap = await engine.readCbtMap(disk.device);
-      volumes.push({
-        snapshotId, diskId: disk.id, imagePath: image.path, imageMajor: image.image.major, imageMinor: image.image.minor,
-        generationId: tracker.generationId, snapshotNumber: tracker.snapshotNumber, cbtBlockSize: tracker.cbtBlockSize,
-        sizeBytes: tracker.sizeBytes, cbtMap,
+      captures.push({
+        diskId: disk.id,
+        capture: {
+          imagePath: image.path, imageMajor: image.image.major, imageMinor: image.image.minor, generationId: tracker.generationId,
+          snapshotNumber: tracker.snapshotNumber, cbtBlockSize: tracker.cbtBlockSize, sizeBytes: tracker.sizeBytes, cbtMap,
+        },
       });
     }
     this.state.transaction(() => {
-      for (const volume of volumes) {
-        this.state.completeVolume(volume);
-        this.state.insertExport({
-          name: `${snapshotId}/${volume.diskId}`, snapshotId, diskId: volume.diskId,
-          httpPath: `/api/v1/snapshots/${snapshotId}/consume/${volume.diskId}`,
-        });
-      }
-      this.state.setSnapshotState(snapshotId, 'ok');
+      for (const { diskId, capture } of captures) this.state.volumes.recordCapture(snapshotId, diskId, capture);
+      this.options.exports.publish(snapshotId, captures.map((c) => c.diskId));
+      this.state.snapshots.setState(snapshotId, 'ok');
     });
     faultPoint('create:done');
   }
@@ -285,13 +278,12 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   deleteSnapshot(id: string): Promise<void> {
     return this.lifecycle.run(async () => {
       await this.finishLeftovers();
-      const row = this.state.snapshot(id);
+      const row = this.state.snapshots.get(id);
       if (row === undefined) return;
-      const exportNames = this.state.exportsOf(id).map((x) => x.name);
-      this.state.setSnapshotState(id, 'deleting');
+      this.state.snapshots.setState(id, 'deleting');
       faultPoint('delete:marked');
       // Consumers stop before the kernel snapshot goes, so none reads a vanishing image.
-      this.emit('deleted', id, exportNames);
+      const exportNames = this.options.exports.withdraw(id);
       for (const name of exportNames) this.options.log.info({ snapshot: id, export: name }, 'export withdrawn');
       await this.dropSnapshot(row);
       this.options.log.info({ snapshot: id }, 'snapshot deleted');
@@ -303,7 +295,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
     if (row.engineHandle !== null) await this.destroyIgnoringGone(row.engineHandle);
     faultPoint('delete:destroyed');
     await this.assertNoImages(row.id);
-    for (const store of this.state.snapstoresOf(row.id)) {
+    for (const store of this.state.snapstores.of(row.id)) {
       const watcher = this.watchers.get(store.id);
       if (watcher !== undefined) {
         await watcher.release();
@@ -314,7 +306,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
       this.watchers.delete(store.id);
       faultPoint('delete:released');
     }
-    this.state.deleteSnapshot(row.id);
+    this.state.snapshots.delete(row.id);
   }
 
   /**
@@ -323,7 +315,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
    */
   private async assertNoImages(snapshotId: string): Promise<void> {
     const images = await this.options.engine.listImages();
-    for (const volume of this.state.volumes(snapshotId)) {
+    for (const volume of this.state.volumes.of(snapshotId)) {
       if (images.some((i) => sameDevice(i.original, device(volume.originalMajor, volume.originalMinor)))) {
         throw new Error(`the kernel still has an image of disk ${volume.diskId}: snapshot ${snapshotId}'s snapstores are kept until it is gone`);
       }
@@ -341,11 +333,11 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   // ---- queries --------------------------------------------------------------------------------
 
   async listSnapshots(): Promise<Snapshot[]> {
-    return this.state.snapshots().filter((r) => r.state === 'ok' || r.state === 'failed').map((r) => this.toSnapshot(r));
+    return this.state.snapshots.list().filter((r) => r.state === 'ok' || r.state === 'failed').map((r) => this.toSnapshot(r));
   }
 
   async getSnapshot(id: string): Promise<Snapshot> {
-    const row = this.state.snapshot(id);
+    const row = this.state.snapshots.get(id);
     if (row === undefined || row.state === 'creating' || row.state === 'deleting') throw notFound(`snapshot ${id} not found`);
     return this.toSnapshot(row);
   }
@@ -353,53 +345,23 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   async changes(snapshotId: string, diskId: string, request: ChangesRequest): Promise<SnapshotChanges> {
     const volume = this.volumeOf(await this.getSnapshot(snapshotId), diskId);
     const result = computeChanges({
-      map: volume.cbtMap!, blockSize: volume.cbtBlockSize!, deviceSize: volume.sizeBytes!,
-      generationId: volume.generationId!, snapshotNumber: volume.snapshotNumber!,
+      map: volume.cbtMap, blockSize: volume.cbtBlockSize, deviceSize: volume.sizeBytes,
+      generationId: volume.generationId, snapshotNumber: volume.snapshotNumber,
       previousGenerationId: request.previousGenerationId, previousNumber: request.previousNumber,
     });
-    return { trackedDiskId: diskId, snapshotId, cbtBlockSize: volume.cbtBlockSize!, ...result };
-  }
-
-  async openImage(snapshotId: string, diskId: string): Promise<ImageReader> {
-    const snapshot = await this.getSnapshot(snapshotId);
-    const volume = this.volumeOf(snapshot, diskId);
-    if (snapshot.state.status === 'failed') throw conflict(`snapshot ${snapshotId} has failed: ${snapshot.state.reason}`);
-    const reader = await this.options.engine.openImage({
-      original: device(volume.originalMajor, volume.originalMinor),
-      image: device(volume.imageMajor!, volume.imageMinor!),
-      path: volume.imagePath!,
-    });
-    return {
-      path: reader.path,
-      size: reader.size,
-      logicalBlockSize: reader.logicalBlockSize,
-      read: async (offset, length) => {
-        try {
-          return await reader.read(offset, length);
-        } catch (err) {
-          // An image that fails reads has usually lost its snapstore: find out and say so, as
-          // the same conflict every later open answers (NBD turns it into EIO).
-          if (errorCode(err) !== 'EIO') throw err;
-          await this.checkHealth();
-          const now = this.state.snapshot(snapshotId);
-          if (now?.state === 'failed') throw conflict(`snapshot ${snapshotId} has failed: ${now.failure ?? 'unknown'}`);
-          throw err;
-        }
-      },
-      close: () => reader.close(),
-    };
+    return { trackedDiskId: diskId, snapshotId, cbtBlockSize: volume.cbtBlockSize, ...result };
   }
 
   async listSnapstores(): Promise<SnapstoreInfo[]> {
     const stores: SnapstoreInfo[] = [];
-    for (const row of this.state.snapstores()) {
+    for (const row of this.state.snapstores.list()) {
       if (row.state === 'creating') continue;
       const fill = (await this.watchers.get(row.id)?.fill()) ?? recordedFill(row);
       stores.push({
         id: row.id,
         trackedDiskId: row.diskId,
         storageLocation: row.location,
-        allocatedBytes: this.state.allocatedBytesOf(row.id),
+        allocatedBytes: this.state.files.bytesAddedTo(row.id),
         usedBytes: fill.filledBytes,
         usedBytesAsOf: fill.measuredAt,
         atRisk: this.atRiskReason(row),
@@ -410,7 +372,7 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
 
   /** Snapstores of live snapshots whose growth is stalled: those snapshots may overflow. */
   atRiskSnapstores(): AtRiskSnapstore[] {
-    return this.state.snapstores().flatMap((row) => {
+    return this.state.snapstores.list().flatMap((row) => {
       const reason = this.atRiskReason(row);
       return reason === null ? [] : [{ snapstoreId: row.id, snapshotId: row.snapshotId, trackedDiskId: row.diskId, location: row.location, reason }];
     });
@@ -418,33 +380,33 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
 
   /** A failed snapshot is past risk: its failure says what happened. */
   private atRiskReason(row: SnapstoreRow): string | null {
-    return row.atRisk !== null && this.state.snapshot(row.snapshotId)?.state === 'ok' ? row.atRisk : null;
+    return row.atRisk !== null && this.state.snapshots.get(row.snapshotId)?.state === 'ok' ? row.atRisk : null;
   }
 
-  private volumeOf(snapshot: Snapshot, diskId: string): VolumeRow {
-    const volume = this.state.volume(snapshot.id, diskId);
+  private volumeOf(snapshot: Snapshot, diskId: string): CapturedVolume {
+    const volume = this.state.volumes.get(snapshot.id, diskId);
     if (volume === undefined) throw notFound(`snapshot ${snapshot.id} has no volume of disk ${diskId}`);
     return volume;
   }
 
   private toSnapshot(row: SnapshotRow): Snapshot {
-    const volumes: VolumeSnapshot[] = this.state.volumes(row.id).map((v) => ({
+    const volumes: VolumeSnapshot[] = this.state.volumes.captured(row.id).map((v) => ({
       trackedDiskId: v.diskId,
       original: { devicePath: v.originalPath, major: v.originalMajor, minor: v.originalMinor },
-      image: { devicePath: v.imagePath!, major: v.imageMajor!, minor: v.imageMinor! },
-      snapshotNumber: v.snapshotNumber!,
-      generationId: v.generationId!,
-      cbtBlockSize: v.cbtBlockSize!,
-      sizeBytes: v.sizeBytes!,
+      image: { devicePath: v.imagePath, major: v.imageMajor, minor: v.imageMinor },
+      snapshotNumber: v.snapshotNumber,
+      generationId: v.generationId,
+      cbtBlockSize: v.cbtBlockSize,
+      sizeBytes: v.sizeBytes,
     }));
-    const atRisk = this.state.snapstoresOf(row.id).map((store) => this.atRiskReason(store)).filter((r) => r !== null);
+    const atRisk = this.state.snapstores.of(row.id).map((store) => this.atRiskReason(store)).filter((r) => r !== null);
     return {
       id: row.id,
       createdAt: new Date(row.createdAt),
       volumes,
       state: row.state === 'failed' ? { status: 'failed', reason: row.failure ?? 'unknown' } : { status: 'ok' },
       atRisk: atRisk.length === 0 ? null : atRisk.join('; '),
-      exports: this.state.exportsOf(row.id).map((x) => ({ nbdExportName: x.name, httpPath: x.httpPath, trackedDiskId: x.diskId })),
+      exports: this.options.exports.addressesOf(row.id),
     };
   }
 
@@ -465,24 +427,24 @@ export class SnapshotManager extends EventEmitter<ManagerEvents> {
   }
 
   private markFailed(snapshotId: string, reason: string): void {
-    const row = this.state.snapshot(snapshotId);
+    const row = this.state.snapshots.get(snapshotId);
     if (row === undefined || row.state !== 'ok') return;
-    const stores = this.state.snapstoresOf(snapshotId);
+    const stores = this.state.snapstores.of(snapshotId);
     // A growth that had stalled is usually why: say so.
     const stalled = stores.map((store) => store.atRisk).filter((risk) => risk !== null);
     const full = stalled.length === 0 ? reason : `${reason} (${stalled.join('; ')})`;
-    this.state.setSnapshotState(snapshotId, 'failed', full);
+    this.state.snapshots.setState(snapshotId, 'failed', full);
     this.options.log.error({ snapshot: snapshotId, reason: full }, 'snapshot failed');
     // Space for a dead snapstore would be wasted: its watchers stop growing it.
     for (const store of stores) void this.watchers.get(store.id)?.stop();
-    this.emit('failed', snapshotId, full);
+    this.options.exports.fail(snapshotId, full);
   }
 
   /** Asks the kernel about every live snapshot: overflow events can be missed across restarts. */
   private async checkHealth(): Promise<void> {
-    for (const row of this.state.snapshots()) {
+    for (const row of this.state.snapshots.list()) {
       if (row.state !== 'ok') continue;
-      for (const volume of this.state.volumes(row.id)) {
+      for (const volume of this.state.volumes.of(row.id)) {
         try {
           const health = await this.options.engine.snapshotHealth(device(volume.originalMajor, volume.originalMinor));
           if (!health.ok) this.markFailed(row.id, `disk ${volume.diskId}: ${health.reason}`);

@@ -2,10 +2,10 @@
 // (where the kernel writes copy-on-write data, by device ranges), and their capacity, read live
 // on every call (the Go agent captured the total once).
 import path from 'node:path';
-import type { DeviceId } from '../engine/types';
+import { showDevice, type DeviceId } from '../core/devices';
 import { fsStats } from '../native/blockdev';
-import { showDevice } from '../core/devices';
 import { fileSystemDevice, Sysfs } from '../host/sysfs';
+import { AgentError } from '../core/errors';
 
 export interface SnapstoreLocation {
   /** The destination directory; also the location's id in the API. */
@@ -36,14 +36,6 @@ async function devicePathOf(device: DeviceId, options: LocationOptions): Promise
   return devname === undefined ? '' : path.join(options.devRoot ?? '/dev', devname);
 }
 
-export class LocationError extends Error {
-  readonly code = 'ERR_NO_BLOCK_DEVICE';
-
-  constructor(message: string) {
-    super(message);
-    this.name = 'LocationError';
-  }
-}
 
 /**
  * The veeamsnap engine gives the kernel snapstore space as ranges of a real block device, so a
@@ -52,8 +44,8 @@ export class LocationError extends Error {
  */
 export function requireBlockDevice(location: SnapstoreLocation): void {
   if (location.device.major === 0) {
-    throw new LocationError(`snapstore destination ${location.path} is on a filesystem without a block device of its own ` +
-      `(device ${showDevice(location.device)}: btrfs, tmpfs, overlay, network...): the kernel needs ranges on a real block device`);
+    throw new AgentError('invalid', `snapstore destination ${location.path} is on a filesystem without a block device of its own ` +
+      `(device ${showDevice(location.device)}: btrfs, tmpfs, overlay, network...): the kernel needs ranges on a real block device`, { code: 'ENOTBLK' });
   }
 }
 
@@ -75,28 +67,5 @@ export async function locationStatus(location: SnapstoreLocation,
     totalBytes: stats.totalBytes,
     availableBytes: stats.availableBytes,
     allocatedBytes: typeof allocated === 'number' ? allocated : await allocated(location.path),
-  };
-}
-
-/** agent-reference 5.1 */
-export interface LocationJson {
-  available_capacity: number;
-  allocated_capacity: number;
-  total_capacity: number;
-  path: string;
-  device_path: string;
-  major: number;
-  minor: number;
-}
-
-export function locationToJSON(status: LocationStatus): LocationJson {
-  return {
-    available_capacity: status.availableBytes,
-    allocated_capacity: status.allocatedBytes,
-    total_capacity: status.totalBytes,
-    path: status.path,
-    device_path: status.devicePath,
-    major: status.device.major,
-    minor: status.device.minor,
   };
 }

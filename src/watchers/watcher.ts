@@ -13,15 +13,14 @@
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import type { ByteRange, DeviceId, SnapshotEngine, Snapstore, SnapstoreEvent } from '../engine/types';
+import type { DeviceId } from '../core/devices';
+import type { SnapshotEngine, Snapstore, SnapstoreEvent } from '../engine/types';
 import type { AgentState, SnapstoreRow } from '../db/state';
-import { errorCode } from '../engine/errors';
-import { insufficientStorage, isAgentError } from '../core/errors';
+import { errorCode, insufficientStorage, isAgentError } from '../core/errors';
 import type { Logger } from '../core/log';
-import { faultPoint } from '../core/faults';
 import { countSnapstoreGrowth, countSnapstoreOverflow } from '../metrics/metrics';
-import { allocateFile, fileExtents, fsStats } from '../native/blockdev';
-import { sameDevice } from '../core/devices';
+import { fsStats } from '../native/blockdev';
+import { allocateChunk, isLocationFull, roundToMiB } from '../storage/allocation';
 
 export interface WatcherOptions {
   engine: SnapshotEngine;
@@ -48,14 +47,8 @@ export const recordedFill = (row: SnapstoreRow): SnapstoreFill =>
   ({ filledBytes: row.filledBytes, measuredAt: row.filledAt === null ? null : new Date(row.filledAt) });
 
 
-/** Rounds up to whole MiB, which is whole copy-on-write blocks and whole sectors. */
-export const roundToMiB = (bytes: number): number => Math.ceil(bytes / 2 ** 20) * 2 ** 20;
-
 /** Space that was ready when the watcher stopped: it is not handed to the kernel. */
 const STOPPED = new Error('the snapstore watcher stopped');
-
-/** Errors of a file system without room for a new file. */
-const isFull = (err: unknown): boolean => errorCode(err) === 'ENOSPC' || errorCode(err) === 'EDQUOT';
 
 export class SnapstoreWatcher {
   private growing: Promise<void> = Promise.resolve();
@@ -91,7 +84,7 @@ export class SnapstoreWatcher {
 
   private onEvent(event: SnapstoreEvent): void {
     const log = this.options.log.child({ snapshot: this.row.snapshotId, snapstore: this.row.id, disk: this.row.diskId });
-    this.options.state.setSnapstoreFill(this.row.id, event.filledBytes, new Date().toISOString());
+    this.options.state.snapstores.setFill(this.row.id, event.filledBytes, new Date().toISOString());
     switch (event.type) {
       case 'halffill':
         log.info({ filledBytes: event.filledBytes }, 'snapstore below its free-space threshold: growing it');
@@ -113,11 +106,11 @@ export class SnapstoreWatcher {
     const { engine, state, log } = this.options;
     try {
       const usage = await engine.snapstoreUsage(this.row.id);
-      if (usage !== null) state.setSnapstoreFill(this.row.id, usage.filledBytes, usage.measuredAt.toISOString());
+      if (usage !== null) state.snapstores.setFill(this.row.id, usage.filledBytes, usage.measuredAt.toISOString());
     } catch (err) {
       log.warn({ err, snapstore: this.row.id }, 'snapstore fill query failed: answering the last known fill');
     }
-    return recordedFill(state.snapstore(this.row.id) ?? this.row);
+    return recordedFill(state.snapstores.get(this.row.id) ?? this.row);
   }
 
   /**
@@ -144,7 +137,7 @@ export class SnapstoreWatcher {
 
   private async isLow(): Promise<boolean> {
     const { filledBytes } = await this.fill();
-    const free = this.options.state.allocatedBytesOf(this.row.id) - filledBytes;
+    const free = this.options.state.files.bytesAddedTo(this.row.id) - filledBytes;
     return filledBytes > 0 && free < this.options.chunkBytes;
   }
 
@@ -157,15 +150,9 @@ export class SnapstoreWatcher {
     const size = roundToMiB(bytes);
     await fsp.mkdir(this.row.directory, { recursive: true, mode: 0o700 });
     const file = path.join(this.row.directory, `${crypto.randomUUID()}.chunk`);
-    state.insertFile({ path: file, snapstoreId: this.row.id, size, state: 'allocating' });
+    state.files.insert({ path: file, snapstoreId: this.row.id, size, state: 'allocating' });
     try {
-      await allocateFile(file, size);
-      faultPoint('space:allocated');
-      const extents = await fileExtents(file);
-      if (!sameDevice(extents.device, this.storage)) {
-        throw new Error(`${file} is on ${extents.device.major}:${extents.device.minor}, not on the location's device ${this.storage.major}:${this.storage.minor}`);
-      }
-      const ranges: ByteRange[] = extents.ranges;
+      const ranges = await allocateChunk(file, size, this.storage);
       // The snapshot may have failed during the allocation: a dead snapstore gets nothing more.
       if (this.stopped) throw STOPPED;
       if (this.snapstore !== null) await this.snapstore.addDeviceRanges(ranges);
@@ -173,11 +160,11 @@ export class SnapstoreWatcher {
     } catch (err) {
       // Nothing of this file reached the kernel: it can go at once.
       await fsp.rm(file, { force: true });
-      state.deleteFile(file);
-      if (isFull(err)) throw this.locationFull(size, err);
+      state.files.delete(file);
+      if (isLocationFull(err)) throw this.locationFull(size, err);
       throw err;
     }
-    state.setFileState(file, 'added');
+    state.files.setState(file, 'added');
   }
 
   private locationFull(needed: number, cause?: unknown): Error {
@@ -204,7 +191,7 @@ export class SnapstoreWatcher {
       log.info({ snapshot: this.row.snapshotId, snapstore: this.row.id, disk: this.row.diskId, addedBytes: roundToMiB(chunkBytes) }, 'snapstore grown');
       if (this.row.atRisk !== null) {
         this.row.atRisk = null;
-        state.setSnapstoreAtRisk(this.row.id, null);
+        state.snapstores.setAtRisk(this.row.id, null);
         log.info({ snapstore: this.row.id }, 'snapstore growth resumed');
       }
     } catch (err) {
@@ -215,7 +202,7 @@ export class SnapstoreWatcher {
         : `cannot grow the snapstore of ${this.row.diskId} in snapstore location ${this.row.location}: ${errorCode(err) ?? 'internal error'}`;
       log.error({ err, snapshot: this.row.snapshotId, snapstore: this.row.id }, 'snapstore growth failed: the snapshot is at risk of overflowing');
       this.row.atRisk = reason;
-      state.setSnapstoreAtRisk(this.row.id, reason);
+      state.snapstores.setAtRisk(this.row.id, reason);
       this.scheduleRetry();
     }
   }
@@ -247,7 +234,7 @@ export class SnapstoreWatcher {
   async release(): Promise<void> {
     await this.stop();
     const { engine, state } = this.options;
-    state.setSnapstoreState(this.row.id, 'cleaning');
+    state.snapstores.setState(this.row.id, 'cleaning');
     if (this.snapstore !== null) await this.snapstore.cleanup();
     else await engine.cleanupSnapstore(this.row.id);
     await deleteSnapstoreFiles(state, this.row);
@@ -256,10 +243,10 @@ export class SnapstoreWatcher {
 
 /** Deletes a snapstore's files, directory and rows. Only once the kernel no longer uses them. */
 export async function deleteSnapstoreFiles(state: AgentState, row: SnapstoreRow): Promise<void> {
-  for (const file of state.files(row.id)) {
+  for (const file of state.files.of(row.id)) {
     await fsp.rm(file.path, { force: true });
-    state.deleteFile(file.path);
+    state.files.delete(file.path);
   }
   await fsp.rm(row.directory, { recursive: true, force: true });
-  state.deleteSnapstore(row.id);
+  state.snapstores.delete(row.id);
 }

@@ -9,6 +9,7 @@ import { VERSION } from '../../src/core/version';
 import { startE2eAgent } from '../e2e/helpers';
 import { FakeAgentService } from './helpers/fake-service';
 import { json, randomFile, startServer, tempDir, type TestServer } from './helpers/server';
+import type { HealthJson } from '../../src/api/health';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -45,15 +46,15 @@ beforeEach(() => {
   database = () => undefined;
   service.snapshots.clear();
   service.atRisk.clear();
-  service.locations[0]!.availableBytes = 39791616000;
+  service.locations[0].availableBytes = 39791616000;
 });
 
-async function health(expectedStatus: number): Promise<Record<string, any>> {
+async function health(expectedStatus: number): Promise<HealthJson> {
   const response = await server.request('/api/v1/health/');
   assert.equal(response.status, expectedStatus, response.body.toString());
   assert.match(String(response.headers['content-type']), /^application\/json/);
   assert.equal(response.headers['cache-control'], 'no-store');
-  return json(response) as Record<string, any>;
+  return json(response) as HealthJson;
 }
 
 describe('health', () => {
@@ -76,7 +77,7 @@ describe('health', () => {
     service.failSnapshot(failed, 'the snapstore of vda ran out of space after 16384 bytes');
     await service.createSnapshot(['vdb']);
     service.atRisk.set('vdb', 'cannot grow the snapstore of vdb: location full');
-    service.locations[0]!.availableBytes = 1000 * MiB;
+    service.locations[0].availableBytes = 1000 * MiB;
     const body = await health(200);
     assert.equal(body.status, 'degraded');
     assert.deepEqual(body.failed_snapshots, [{ snapshot_id: failed, reason: 'the snapstore of vda ran out of space after 16384 bytes' }]);
@@ -122,7 +123,7 @@ describe('health of a whole agent', () => {
   test('on the simulated engine: ok, engine and database answer, its location is listed', async () => {
     const e2e = await startE2eAgent();
     try {
-      const body = await e2e.json<Record<string, any>>('GET', '/health/');
+      const body = await e2e.json<HealthJson>('GET', '/health/');
       assert.equal(body.status, 'ok', JSON.stringify(body.problems));
       assert.deepEqual(body.engine, { status: 'ok', kind: 'simulated' });
       assert.deepEqual(body.database, { status: 'ok' });

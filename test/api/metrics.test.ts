@@ -69,7 +69,7 @@ describe('metrics', () => {
     const out = path.join(e2e.dir, 'nbd-copy.raw');
     const url = `nbds://127.0.0.1:${new URL(e2e.agent.nbdUrl).port}/${snapshot.snapshot_id}%2Fdisk0?tls-certificates=${e2e.certs}`;
     await promisify(execFile)('nbdcopy', [url, out], { timeout: 60_000 });
-    const size = fs.statSync(e2e.disks[0]!).size;
+    const size = fs.statSync(e2e.disks[0]).size;
     assert.equal(fs.statSync(out).size, size);
     const afterwards = await scrape();
     const served = (samples: Map<string, number>): number => value(samples, 'served_bytes_total', { protocol: 'nbd', disk: 'disk0' });
@@ -93,9 +93,9 @@ describe('metrics', () => {
     assert.equal(value(samples, 'snapshots', { state: 'failed' }), 0);
     const [store] = await e2e.json<Array<{ tracked_disk_id: string; allocated_disk_space: number }>>('GET', '/snapstores/');
     const labels = { snapshot_id: snapshot.snapshot_id, disk: 'disk0' };
-    assert.equal(value(samples, 'snapstore_allocated_bytes', labels), store!.allocated_disk_space);
+    assert.equal(value(samples, 'snapstore_allocated_bytes', labels), store.allocated_disk_space);
     assert.ok(samples.has(key('snapstore_used_bytes', labels)));
-    const volume = snapshot.volume_snapshots[0]!;
+    const volume = snapshot.volume_snapshots[0];
     assert.equal(value(samples, 'cbt_snapshot_number', { disk: 'disk0' }), volume.snapshot_number);
     assert.equal(value(samples, 'cbt_generation_info', { disk: 'disk0', generation_id: volume.generation_id }), 1);
     assert.ok(samples.has(key('cbt_snapshot_number', { disk: 'disk1' })), 'every tracked disk, snapshotted or not');
@@ -103,7 +103,7 @@ describe('metrics', () => {
 
   test('snapstore growth is counted when writes fill the snapstore', async () => {
     const before = value(await scrape(), 'snapstore_growths_total', { disk: 'disk0', result: 'ok' });
-    const fd = fs.openSync(e2e.disks[0]!, 'r+');
+    const fd = fs.openSync(e2e.disks[0], 'r+');
     fs.writeSync(fd, Buffer.alloc(6 * MiB, 0x5a), 0, 6 * MiB, 20 * MiB);
     fs.closeSync(fd);
     // The simulated engine notices writes on its next scan; the test's timeout bounds the wait.

@@ -48,7 +48,7 @@ function parseResponses(text: string): RawResponse[] {
       return [line.slice(0, colon).toLowerCase(), line.slice(colon + 1).trim()];
     }));
     const length = Number(headers['content-length'] ?? 0);
-    responses.push({ status: Number(statusLine!.split(' ')[1]), headers, body: rest.slice(end + 4, end + 4 + length) });
+    responses.push({ status: Number(statusLine.split(' ')[1]), headers, body: rest.slice(end + 4, end + 4 + length) });
     rest = rest.slice(end + 4 + length);
   }
   assert.equal(rest, '', 'nothing but whole responses');
@@ -60,9 +60,9 @@ async function assertRawError(bytes: string, status: number, details: RegExp): P
   const responses = parseResponses(await server.raw(bytes));
   assert.equal(responses.length, 1, JSON.stringify(bytes.slice(0, 80)));
   const [response] = responses;
-  assert.equal(response!.status, status, `${JSON.stringify(bytes.slice(0, 80))}: ${response!.body}`);
-  assert.match(response!.headers['content-type']!, /^application\/json/);
-  const body = JSON.parse(response!.body) as { error: string; details: string };
+  assert.equal(response.status, status, `${JSON.stringify(bytes.slice(0, 80))}: ${response.body}`);
+  assert.match(response.headers['content-type'], /^application\/json/);
+  const body = JSON.parse(response.body) as { error: string; details: string };
   assert.deepEqual(Object.keys(body), ['error', 'details']);
   assert.match(body.details, details);
 }
@@ -115,7 +115,7 @@ describe('bytes after a request that closes the connection', () => {
     for (const expect of ['', 'Expect: 100-continue\r\n']) {
       const request = `PUT /api/v1/snapshots HTTP/1.1\r\nHost: x\r\n${expect}Content-Length: 2\r\nConnection: close\r\n\r\n{}trailing bytes`;
       const responses = parseResponses(await server.raw(request)).filter((response) => response.status !== 100);
-      assert.deepEqual(responses.map((response) => [response.status, JSON.parse(response.body).error]), [[405, 'Method Not Allowed']], expect);
+      assert.deepEqual(responses.map((response) => [response.status, (JSON.parse(response.body) as { error: string }).error]), [[405, 'Method Not Allowed']], expect);
     }
   });
 });
@@ -128,8 +128,8 @@ describe('bodies that stop arriving', () => {
     try {
       const text = await slow.raw('POST /api/v1/snapshots HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"tracked');
       const [response] = parseResponses(text);
-      assert.equal(response!.status, 408);
-      assert.deepEqual(JSON.parse(response!.body), { error: 'Request Timeout', details: 'the request did not arrive in time' });
+      assert.equal(response.status, 408);
+      assert.deepEqual(JSON.parse(response.body), { error: 'Request Timeout', details: 'the request did not arrive in time' });
       // The handler that was reading the body learns of it too; wait for its access-log line.
       for (let i = 0; i < 100 && !records.records.some((record) => (record as { msg: string }).msg === 'request'); i++) {
         await new Promise((resolve) => setTimeout(resolve, 20));

@@ -2,10 +2,12 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { listInterfaces, parseCpuinfo, parseMeminfo, parseOsRelease, type SystemInfoSources } from '../../src/api/systeminfo';
+import { interfaceToJSON } from '../../src/api/json';
+import { listInterfaces, parseCpuinfo, parseMeminfo, parseOsRelease, type SystemInfoSources } from '../../src/host/system';
 import { VERSION } from '../../src/core/version';
 import { FakeAgentService } from './helpers/fake-service';
 import { json, startServer, tempDir, type TestServer } from './helpers/server';
+import type { SystemInfoJson } from '../../src/api/systeminfo';
 
 const MEMINFO = `MemTotal:        4029224 kB
 MemFree:         1717208 kB
@@ -116,7 +118,7 @@ describe('systeminfo parsers', () => {
     assert.equal(memory.total, 4029224 * 1024);
     assert.equal(memory.cached, (1281348 + 121692) * 1024);
     assert.equal(memory.used, (4029224 - 1717208 - 130956 - 1281348 - 121692) * 1024);
-    assert.equal(memory.usedPercent, (memory.used! / memory.total!) * 100);
+    assert.equal(memory.usedPercent, (memory.used / memory.total) * 100);
     assert.equal(memory.committedAS, 2017744 * 1024);
     assert.equal(memory.hugePagesTotal, 2, 'a count, not bytes');
     assert.equal(memory.hugePageSize, 2097152);
@@ -130,22 +132,22 @@ describe('systeminfo parsers', () => {
       cpu: 0, vendorId: 'GenuineIntel', family: '6', model: '94', stepping: 3, physicalId: '0', coreId: '0', cores: 1,
       modelName: 'Intel Core Processor (Skylake, IBRS)', mhz: 2591.998, cacheSize: 16384, flags: ['fpu', 'vme', 'vmx'], microcode: '0x1',
     });
-    assert.equal(cpus[1]!.coreId, '1');
+    assert.equal(cpus[1].coreId, '1');
   });
 
   test('os-release: ID and VERSION_ID with quotes stripped', () => {
-    assert.deepEqual(parseOsRelease('ID="centos"\nVERSION_ID="7"\n'), { os_name: 'centos', os_version: '7' });
-    assert.deepEqual(parseOsRelease("ID=debian\nVERSION_ID='12'\n"), { os_name: 'debian', os_version: '12' });
-    assert.deepEqual(parseOsRelease(''), { os_name: '', os_version: '' });
+    assert.deepEqual(parseOsRelease('ID="centos"\nVERSION_ID="7"\n'), { name: 'centos', version: '7' });
+    assert.deepEqual(parseOsRelease("ID=debian\nVERSION_ID='12'\n"), { name: 'debian', version: '12' });
+    assert.deepEqual(parseOsRelease(''), { name: '', version: '' });
   });
 
   test('interfaces: kernel order, no loopback, the type rules, bridge ports as slaves', async () => {
-    const interfaces = await listInterfaces(sources.sysRoot, {
+    const interfaces = (await listInterfaces(sources.sysRoot, {
       eth0: [
         { address: '192.168.122.87', netmask: '255.255.255.0', family: 'IPv4', mac: '52:54:00:ab:b2:84', internal: false, cidr: '192.168.122.87/24' },
         { address: 'fe80::5054:ff:feab:b284', netmask: 'ffff:ffff:ffff:ffff::', family: 'IPv6', mac: '52:54:00:ab:b2:84', internal: false, cidr: 'fe80::5054:ff:feab:b284/64', scopeid: 2 },
       ],
-    });
+    })).map(interfaceToJSON);
     const veth = { interface_type: 'virtual_interface', mac_address: '02:00:00:00:00:05', ip_addresses: [], nic_name: 'veth9' };
     assert.deepEqual(interfaces, [
       { interface_type: 'physical_interface', mac_address: '52:54:00:ab:b2:84', ip_addresses: ['192.168.122.87/24', 'fe80::5054:ff:feab:b284/64'], nic_name: 'eth0' },
@@ -173,7 +175,7 @@ describe('GET /systeminfo', () => {
     for (const route of ['/api/v1/systeminfo', '/api/v1/systeminfo/']) {
       const response = await server.request(route);
       assert.equal(response.status, 200);
-      const info = json(response) as Record<string, any>;
+      const info = json(response) as SystemInfoJson;
       assert.deepEqual(Object.keys(info), ['memory', 'cpus', 'network_interfaces', 'disks', 'os_info', 'hostname', 'firmware_type', 'agent_version']);
       assert.equal(info.agent_version, VERSION);
       assert.equal(info.memory.total, 4029224 * 1024);
@@ -192,7 +194,7 @@ describe('GET /systeminfo', () => {
   test('on this host: real files, every field present', async () => {
     const live = await startServer({ service });
     try {
-      const info = json(await live.request('/api/v1/systeminfo')) as Record<string, any>;
+      const info = json(await live.request('/api/v1/systeminfo')) as SystemInfoJson;
       assert.ok(info.memory.total > 0);
       assert.ok(info.cpus.cpu_info.length >= 1);
       assert.equal(info.cpus.logical_cores, info.cpus.cpu_info.length);

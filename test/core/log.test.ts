@@ -6,6 +6,15 @@ import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import { createLogger, reopenLogFile } from '../../src/core/log';
 
+interface LogRecord {
+  name: string;
+  msg: string;
+  level: number;
+  disk?: string;
+}
+
+const parseRecord = (line: string): LogRecord => JSON.parse(line) as LogRecord;
+
 function fakeStderr(isTTY: boolean): PassThrough & { isTTY: boolean; text(): string } {
   const stream = new PassThrough() as PassThrough & { isTTY: boolean; text(): string };
   const chunks: Buffer[] = [];
@@ -32,7 +41,7 @@ test('records go to the log file as bunyan JSON, creating its directory', async 
   const file = path.join(dir, 'nested', 'agent.log');
   const stderr = fakeStderr(false);
   createLogger({ logFile: file, stderr }).info({ disk: 'vda' }, 'tracking started');
-  const record = JSON.parse(await waitForFile(file));
+  const record = parseRecord(await waitForFile(file));
   assert.equal(record.name, 'coriolis-snapshot-agent');
   assert.equal(record.msg, 'tracking started');
   assert.equal(record.disk, 'vda');
@@ -46,14 +55,14 @@ test('a terminal on stderr gets the records too', async (t) => {
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const file = path.join(dir, 'a.log');
   createLogger({ logFile: file, stderr }).warn('snapstore filling');
-  assert.equal(JSON.parse(stderr.text()).msg, 'snapstore filling');
-  assert.equal(JSON.parse(await waitForFile(file)).msg, 'snapstore filling');
+  assert.equal(parseRecord(stderr.text()).msg, 'snapstore filling');
+  assert.equal(parseRecord(await waitForFile(file)).msg, 'snapstore filling');
 });
 
 test('without a log file, records go to stderr whatever it is', () => {
   const stderr = fakeStderr(false);
   createLogger({ logFile: null, stderr }).error('engine failed');
-  assert.equal(JSON.parse(stderr.text()).msg, 'engine failed');
+  assert.equal(parseRecord(stderr.text()).msg, 'engine failed');
 });
 
 test('records below the level are dropped', () => {
@@ -74,10 +83,10 @@ test('reopenLogFile moves every logger, children made before included, to a new 
   reopenLogFile(log);
   child.info('from the child');
   log.info('from the parent');
-  const lines = async (): Promise<string[]> => (await waitForFile(file)).trim().split('\n').map((line) => JSON.parse(line).msg as string);
+  const lines = async (): Promise<string[]> => (await waitForFile(file)).trim().split('\n').map((line) => parseRecord(line).msg);
   while ((await lines()).length < 2) await new Promise((resolve) => setTimeout(resolve, 10));
   assert.deepEqual(await lines(), ['from the child', 'from the parent']);
-  assert.deepEqual(fs.readFileSync(`${file}.1`, 'utf8').trim().split('\n').map((line) => JSON.parse(line).msg), ['before']);
+  assert.deepEqual(fs.readFileSync(`${file}.1`, 'utf8').trim().split('\n').map((line) => parseRecord(line).msg), ['before']);
 });
 
 test('the demo keeps its records in the file even on a terminal', async (t) => {
@@ -86,6 +95,6 @@ test('the demo keeps its records in the file even on a terminal', async (t) => {
   const stderr = fakeStderr(true);
   const file = path.join(dir, 'agent.log');
   createLogger({ logFile: file, stderr, echoToTerminal: false }).info('quiet');
-  assert.equal(JSON.parse(await waitForFile(file)).msg, 'quiet');
+  assert.equal(parseRecord(await waitForFile(file)).msg, 'quiet');
   assert.equal(stderr.text(), '');
 });

@@ -10,9 +10,9 @@ import { AgentState, type SnapstoreRow } from '../../src/db/state';
 
 let state: AgentState;
 beforeEach(() => {
-  state = new AgentState(openDatabase(':memory:'));
+  state = AgentState.open(':memory:');
 });
-afterEach(() => state.db.close());
+afterEach(() => state.close());
 
 const snapshot = (id: string) => ({ id, engineHandle: null, state: 'creating' as const, failure: null, createdAt: '2026-01-01T00:00:00.000Z' });
 const snapstore = (id: string, snapshotId: string): SnapstoreRow => ({
@@ -22,44 +22,47 @@ const snapstore = (id: string, snapshotId: string): SnapstoreRow => ({
 
 test('a step failing inside transaction() leaves none of the steps before it', { timeout: 10_000 }, () => {
   assert.throws(() => state.transaction(() => {
-    state.insertSnapshot(snapshot('1'));
-    state.insertSnapstore(snapstore('a', '1'));
+    state.snapshots.insert(snapshot('1'));
+    state.snapstores.insert(snapstore('a', '1'));
     // The second snapstore names a snapshot that does not exist: a FOREIGN KEY failure.
-    state.insertSnapstore(snapstore('b', 'no-such-snapshot'));
+    state.snapstores.insert(snapstore('b', 'no-such-snapshot'));
   }), /FOREIGN KEY/);
-  assert.deepEqual(state.snapshots(), []);
-  assert.deepEqual(state.snapstores(), []);
+  assert.deepEqual(state.snapshots.list(), []);
+  assert.deepEqual(state.snapstores.list(), []);
 });
 
 test('an exception thrown by the work itself rolls back too, and the result of good work is returned', { timeout: 10_000 }, () => {
   assert.throws(() => state.transaction(() => {
-    state.insertSnapshot(snapshot('1'));
+    state.snapshots.insert(snapshot('1'));
     throw new TypeError('a bug in the middle of a state change');
   }), TypeError);
-  assert.deepEqual(state.snapshots(), []);
+  assert.deepEqual(state.snapshots.list(), []);
   assert.equal(state.transaction(() => {
-    state.insertSnapshot(snapshot('2'));
+    state.snapshots.insert(snapshot('2'));
     return 'done';
   }), 'done');
-  assert.deepEqual(state.snapshots().map((s) => s.id), ['2']);
+  assert.deepEqual(state.snapshots.list().map((s) => s.id), ['2']);
 });
 
 test('a database from before the fill columns is migrated, its snapstores kept with no fill reported yet', { timeout: 10_000 }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'csa-db-'));
   try {
     const file = path.join(dir, 'agent.db');
-    const old = new AgentState(openDatabase(file));
-    old.insertSnapshot(snapshot('1'));
-    old.insertSnapstore(snapstore('a', '1'));
+    const old = AgentState.open(file);
+    old.snapshots.insert(snapshot('1'));
+    old.snapstores.insert(snapstore('a', '1'));
     // Back to schema 2, as an agent of that version left it.
-    old.db.exec('ALTER TABLE snapstores DROP COLUMN filled_at; ALTER TABLE snapstores DROP COLUMN filled_bytes; PRAGMA user_version = 2');
-    old.db.close();
-    const reopened = new AgentState(openDatabase(file));
-    assert.deepEqual(reopened.snapstore('a'), snapstore('a', '1'));
-    reopened.setSnapstoreFill('a', 32768, '2026-01-01T00:01:00.000Z');
-    reopened.setSnapstoreFill('a', 16384, '2026-01-01T00:02:00.000Z');
-    assert.deepEqual([reopened.snapstore('a')!.filledBytes, reopened.snapstore('a')!.filledAt], [32768, '2026-01-01T00:01:00.000Z'], 'a smaller fill never replaces a larger one');
-    reopened.db.close();
+    old.close();
+    const raw = openDatabase(file);
+    raw.exec(`DROP TABLE engine_records; ALTER TABLE snapstores DROP COLUMN filled_at; ALTER TABLE snapstores DROP COLUMN filled_bytes;
+      PRAGMA user_version = 2`);
+    raw.close();
+    const reopened = AgentState.open(file);
+    assert.deepEqual(reopened.snapstores.get('a'), snapstore('a', '1'));
+    reopened.snapstores.setFill('a', 32768, '2026-01-01T00:01:00.000Z');
+    reopened.snapstores.setFill('a', 16384, '2026-01-01T00:02:00.000Z');
+    assert.deepEqual([reopened.snapstores.get('a')!.filledBytes, reopened.snapstores.get('a')!.filledAt], [32768, '2026-01-01T00:01:00.000Z'], 'a smaller fill never replaces a larger one');
+    reopened.close();
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

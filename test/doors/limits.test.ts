@@ -3,8 +3,9 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { describe, test } from 'node:test';
 import { setImmediate as flush } from 'node:timers/promises';
-import type { ImageReader } from '../../src/engine/types';
-import { ReadCancelledError, ReadLimits, TokenBucket } from '../../src/doors/limits';
+import type { ImageReader } from '../../src/core/image';
+import { cancelled, isAgentError } from '../../src/core/errors';
+import { ReadLimits, TokenBucket } from '../../src/doors/limits';
 import { FakeClock } from './fake-clock';
 
 const KiB = 1024;
@@ -32,10 +33,10 @@ describe('TokenBucket', () => {
     assert.deepEqual(reads.map((read) => read.state), ['granted', 'granted', 'pending'], 'the burst, then one read into debt');
     clock.advance(99);
     await flush();
-    assert.equal(reads[2]!.state, 'pending', 'a debt of 1 MiB at 10 MiB/s takes 100 ms to pay');
+    assert.equal(reads[2].state, 'pending', 'a debt of 1 MiB at 10 MiB/s takes 100 ms to pay');
     clock.advance(1);
     await flush();
-    assert.equal(reads[2]!.state, 'granted');
+    assert.equal(reads[2].state, 'granted');
   });
 
   test('a read larger than the burst goes through, and leaves a debt', options, async () => {
@@ -65,7 +66,7 @@ describe('TokenBucket', () => {
     const reader = async (index: number): Promise<void> => {
       const party = {};
       for (let i = index; !stop; i++) {
-        const bytes = sizes[i % sizes.length]!;
+        const bytes = sizes[i % sizes.length];
         await bucket.take(bytes, party);
         granted += bytes;
       }
@@ -139,7 +140,7 @@ describe('TokenBucket', () => {
     const withdrawn = [watch(bucket.take(MiB, gone)), watch(bucket.take(MiB, gone))];
     const waiting = watch(bucket.take(MiB, other));
     clock.advance(500);
-    const reason = new ReadCancelledError();
+    const reason = cancelled('the client went away');
     bucket.cancel(gone, reason);
     await flush();
     for (const read of withdrawn) {
@@ -246,9 +247,9 @@ describe('ReadLimits', () => {
     await flush();
     for (const read of waiting) {
       assert.equal(read.state, 'rejected');
-      assert.ok(read.error instanceof ReadCancelledError);
+      assert.ok(isAgentError(read.error, 'cancelled'));
     }
-    await assert.rejects(reader.read(0, 512), ReadCancelledError, 'and so is every later read');
+    await assert.rejects(reader.read(0, 512), (err) => isAgentError(err, 'cancelled'), 'and so is every later read');
     assert.equal(inner.reads, 1, 'only the read granted before the close reached the disk');
     clock.advance(999);
     await flush();
@@ -265,7 +266,7 @@ describe('ReadLimits', () => {
     const connection = new FakeConnection();
     connection.destroyed = true;
     const inner = countingReader();
-    await assert.rejects(limits.throttle(inner, connection).read(0, 512), ReadCancelledError);
+    await assert.rejects(limits.throttle(inner, connection).read(0, 512), (err) => isAgentError(err, 'cancelled'));
     assert.equal(inner.reads, 0);
   });
 });

@@ -40,17 +40,17 @@ test('full, then incremental: the reassembled copy equals the second snapshot', 
   const first = await e2e.json<Snapshot>('POST', '/snapshots/', { tracked_disk_ids: ['disk0'] });
   const full = await e2e.json<Changes>('GET', `/snapshots/${first.snapshot_id}/changes/disk0/`);
   assert.equal(full.backup_type, 'full');
-  const size = fs.statSync(e2e.disks[0]!).size;
+  const size = fs.statSync(e2e.disks[0]).size;
   assert.deepEqual(full.ranges, [{ start_offset: 0, length: size }]);
   const replica = Buffer.alloc(size);
   assert.equal(await copy(first.snapshot_id, full.ranges, replica), Math.ceil(size / CHUNK));
-  const atFirst = fs.readFileSync(e2e.disks[0]!);
+  const atFirst = fs.readFileSync(e2e.disks[0]);
   assert.ok(replica.equals(atFirst), 'the full copy is the disk at snapshot time');
-  const { generation_id: generation, snapshot_number: number } = first.volume_snapshots[0]!;
+  const { generation_id: generation, snapshot_number: number } = first.volume_snapshots[0];
   await e2e.json('DELETE', `/snapshots/${first.snapshot_id}`);
 
   // The machine keeps working: a few writes, one of them in block 0.
-  const fd = fs.openSync(e2e.disks[0]!, 'r+');
+  const fd = fs.openSync(e2e.disks[0], 'r+');
   fs.writeSync(fd, Buffer.from('new boot code'), 0, 13, 100);
   fs.writeSync(fd, Buffer.alloc(3 * MiB, 0x42), 0, 3 * MiB, 40 * MiB + 12345);
   fs.fsyncSync(fd);
@@ -62,12 +62,12 @@ test('full, then incremental: the reassembled copy equals the second snapshot', 
   assert.equal(changes.backup_type, 'incremental');
   const changed = changes.ranges.reduce((sum, r) => sum + r.length, 0);
   assert.ok(changed >= 3 * MiB && changed <= 4 * MiB + changes.cbt_block_size_bytes, `only the changes travel: ${changed} bytes`);
-  assert.equal(changes.ranges[0]!.start_offset, 0, 'block 0 is part of the changes');
+  assert.equal(changes.ranges[0].start_offset, 0, 'block 0 is part of the changes');
   await copy(second.snapshot_id, changes.ranges, replica);
   const image = await e2e.request('GET', `/snapshots/${second.snapshot_id}/consume/disk0`);
   assert.equal(image.status, 200);
   assert.ok(replica.equals(image.body), 'the reassembled copy equals the second image');
-  assert.ok(replica.equals(fs.readFileSync(e2e.disks[0]!)), 'and the disk, which nobody wrote since');
+  assert.ok(replica.equals(fs.readFileSync(e2e.disks[0])), 'and the disk, which nobody wrote since');
   await e2e.json('DELETE', `/snapshots/${second.snapshot_id}/`);
   assert.deepEqual(await e2e.json('GET', '/snapshots/'), []);
 });

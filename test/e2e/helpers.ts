@@ -11,6 +11,7 @@ import { parseConfig, type Config } from '../../src/config/config';
 import { writeDemoDisk } from '../../src/cli/demo';
 import { silentLogger } from '../../src/core/log';
 import { request as httpsRequest, type Response } from '../api/helpers/server';
+import { simulatedAgentToml } from '../helpers/agent-config';
 
 const MiB = 1024 * 1024;
 
@@ -35,26 +36,9 @@ export async function startE2eAgent(options: { disks?: number; diskSize?: number
     writeDemoDisk(file, options.diskSize ?? 64 * MiB, i);
     return file;
   });
-  const q = JSON.stringify;
-  const config = parseConfig(`
-engine = "simulated"
-database_file = ${q(path.join(dir, 'agent.db'))}
-snapstore_destinations = [${q(path.join(dir, 'snapstores'))}]
-auto_init_physical_disks = true
-snap_store_file_size = ${16 * MiB}
-${disks.map((d) => `[[snapstore_mapping]]\ndevice = ${q(path.basename(d, '.img'))}\nlocation = ${q(path.join(dir, 'snapstores'))}\n`).join('')}
-[api]
-bind = "127.0.0.1"
-port = 1
-[api.tls]
-certificate = ${q(path.join(certs, 'server-cert.pem'))}
-key = ${q(path.join(certs, 'server-key.pem'))}
-ca_certificate = ${q(path.join(certs, 'ca-cert.pem'))}
-${options.allowedClients === undefined ? '' : `allowed_clients = ${q(options.allowedClients)}`}
-[simulated]
-disks = [${disks.map((d) => q(d)).join(', ')}]
-image_dir = ${q(path.join(dir, 'engine'))}
-`, path.join(dir, 'config.toml'));
+  const config = parseConfig(simulatedAgentToml({
+    dir, disks, certs, snapStoreFileSize: 16 * MiB, apiPort: 1, allowedClients: options.allowedClients,
+  }), path.join(dir, 'config.toml'));
   // Free ports, chosen by the kernel.
   config.api.port = 0;
   config.nbd.port = 0;

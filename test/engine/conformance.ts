@@ -3,7 +3,8 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import type { ByteRange, DeviceId, SnapshotEngine, SnapshotImage, Snapstore, SnapstoreEvent } from '../../src/engine/types';
+import type { ByteRange, DeviceId } from '../../src/core/devices';
+import type { SnapshotEngine, SnapshotImage, Snapstore, SnapstoreEvent } from '../../src/engine/types';
 
 export const MiB = 1024 * 1024;
 const KiB = 1024;
@@ -125,10 +126,10 @@ export function engineConformance(name: string, makeTarget: () => Promise<Confor
       await engine.startTracking(disk.device);
       const trackers = (await engine.listTrackers()).filter((t) => same(t.device, disk.device));
       assert.equal(trackers.length, 1);
-      assert.equal(trackers[0]!.sizeBytes, disk.size);
-      assert.equal(trackers[0]!.cbtBlockSize, CBT_BLOCK);
-      assert.equal(trackers[0]!.cbtMapSize, disk.size / CBT_BLOCK);
-      assert.equal(trackers[0]!.snapshotNumber, 0);
+      assert.equal(trackers[0].sizeBytes, disk.size);
+      assert.equal(trackers[0].cbtBlockSize, CBT_BLOCK);
+      assert.equal(trackers[0].cbtMapSize, disk.size / CBT_BLOCK);
+      assert.equal(trackers[0].snapshotNumber, 0);
     });
 
     test('reading the CBT map needs a snapshot holding the disk', async () => {
@@ -207,8 +208,8 @@ export function engineConformance(name: string, makeTarget: () => Promise<Confor
       await target.writeDisk(other, 0, pattern(MiB, 'disk two, later'));
       const [one, two] = await Promise.all([disk, other].map((d) =>
         readImage(snapshot.images.find((i) => same(i.original, d.device))!, 0, MiB)));
-      assert.ok(one!.equals(pattern(MiB, 'disk one')));
-      assert.ok(two!.equals(pattern(MiB, 'disk two')));
+      assert.ok(one.equals(pattern(MiB, 'disk one')));
+      assert.ok(two.equals(pattern(MiB, 'disk two')));
       assert.ok((await engine.readCbtMap(other.device)).length > 0, 'an untracked disk is tracked by the snapshot');
       await assert.rejects(engine.createSnapshot([disk.device]), { code: 'EALREADY' });
       await release(snapshot);
@@ -226,7 +227,7 @@ export function engineConformance(name: string, makeTarget: () => Promise<Confor
     test('a small snapstore fills past its threshold, is refilled, then overflows: reads fail and health says why', async () => {
       const store = await snapstoreFor([disk], MiB, 512 * KiB);
       const snapshot = await engine.createSnapshot([disk.device]);
-      const image = snapshot.images[0]!;
+      const image = snapshot.images[0];
       const halffill = nextEvent(store, 'halffill', target.eventTimeoutMs);
       await target.writeDisk(disk, 16 * MiB, pattern(640 * KiB, 'fill past threshold'));
       const first = await halffill;
@@ -269,7 +270,7 @@ export function engineConformance(name: string, makeTarget: () => Promise<Confor
       assert.equal(terminated, false, 'no terminate while a snapshot uses the snapstore');
       await assert.rejects(engine.createSnapshot([other.device]), { code: 'ENODATA' });
       await target.writeDisk(disk, 0, pattern(64 * KiB, 'after cleanup'));
-      const image = snapshot.images[0]!;
+      const image = snapshot.images[0];
       assert.ok((await readImage(image, 0, 64 * KiB)).equals(pattern(64 * KiB, 'held by the snapshot')));
       await engine.destroySnapshot(snapshot.handle);
       await cleanup;

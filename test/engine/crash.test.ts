@@ -8,8 +8,8 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import type { SimulatedEngine } from '../../src/engine/simulated';
-import type { DeviceId } from '../../src/engine/types';
+import type { SimulatedEngine } from '../../src/engine/simulated/engine';
+import type { DeviceId } from '../../src/core/devices';
 import { diskPaths, makeDisks, snapstoresFor, startEngine } from './helpers/model';
 
 const CHILD = path.join(__dirname, 'helpers', 'crash-child.js');
@@ -51,7 +51,7 @@ async function lastGoodSnapshot(dir: string): Promise<{ generationId: string; sn
   const engine = await startEngine(dir);
   const stores = await snapstoresFor(engine, devices(engine));
   const snapshot = await engine.createSnapshot(devices(engine));
-  const tracker = (await engine.listTrackers()).find((t) => t.device.minor === devices(engine)[0]!.minor)!;
+  const tracker = (await engine.listTrackers()).find((t) => t.device.minor === devices(engine)[0].minor)!;
   await engine.destroySnapshot(snapshot.handle);
   for (const id of stores) await engine.cleanupSnapstore(id);
   await engine.close();
@@ -85,7 +85,7 @@ describe('simulated engine: kill -9 inside a two-disk snapshot create', () => {
       const dir = await scratch(t);
       const good = await lastGoodSnapshot(dir);
       const [disk0] = diskPaths(dir);
-      writeBlocks(disk0!, [1, 3, 5, 7], 'before the crash');
+      writeBlocks(disk0, [1, 3, 5, 7], 'before the crash');
 
       const killed = child(dir, ['snapshot'], point);
       assert.equal(killed.signal, 'SIGKILL', `the child died at ${point}: ${killed.stderr}`);
@@ -94,15 +94,15 @@ describe('simulated engine: kill -9 inside a two-disk snapshot create', () => {
       t.after(() => engine.close());
       await assertSurvivorsIntact(engine);
       await assertNothingLeaked(dir, engine);
-      writeBlocks(disk0!, [9, 11, 13, 15], 'after the restart');
+      writeBlocks(disk0, [9, 11, 13, 15], 'after the restart');
       await snapstoresFor(engine, devices(engine));
       const next = await engine.createSnapshot(devices(engine));
       await assertSurvivorsIntact(engine);
 
-      const tracker = (await engine.listTrackers()).find((x) => x.device.minor === devices(engine)[0]!.minor)!;
+      const tracker = (await engine.listTrackers()).find((x) => x.device.minor === devices(engine)[0].minor)!;
       assert.equal(tracker.generationId, good.generationId, 'the crash did not start a new generation');
-      const map = await engine.readCbtMap(devices(engine)[0]!);
-      const changed = [...map.keys()].filter((block) => map[block]! > good.snapshotNumber);
+      const map = await engine.readCbtMap(devices(engine)[0]);
+      const changed = [...map.keys()].filter((block) => map[block] > good.snapshotNumber);
       assert.deepEqual(changed, [1, 3, 5, 7, 9, 11, 13, 15], 'changes since the last good snapshot are exactly the written blocks');
       await engine.destroySnapshot(next.handle);
     });

@@ -5,7 +5,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { EngineSelectionError, modulesForKernel, selectEngine, type ModuleHost } from '../../src/engine/select';
+import { isAgentError } from '../../src/core/errors';
+import { modulesForKernel, selectEngine, type ModuleHost } from '../../src/engine/select';
 
 describe('engine selection', { timeout: 30_000 }, () => {
   let dir: string;
@@ -47,7 +48,7 @@ describe('engine selection', { timeout: 30_000 }, () => {
     load('veeamsnap', '13.1.0.252');
     load('veeamblksnap', '1.0.0.0');
     await assert.rejects(selectEngine('auto', host('6.1.0-57-amd64')), (err: Error) =>
-      err instanceof EngineSelectionError && /both veeamsnap and veeamblksnap are loaded/.test(err.message));
+      isAgentError(err, 'unavailable') && /both veeamsnap and veeamblksnap are loaded/.test(err.message));
   });
 
   test('an explicit engine takes its module even when the other is loaded too', async () => {
@@ -66,7 +67,7 @@ describe('engine selection', { timeout: 30_000 }, () => {
       try {
         await selectEngine(choice, host(release));
       } catch (err) {
-        assert.ok(err instanceof EngineSelectionError);
+        assert.ok(isAgentError(err, 'unavailable'));
         return err.message;
       }
       throw new Error('selected an engine');

@@ -4,7 +4,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { SimulatedEngine } from '../../src/engine/simulated';
+import { SimulatedEngine } from '../../src/engine/simulated/engine';
 import { readFile, writeDisk } from '../snapshots/helpers/env';
 import { engineConformance, MiB, type ConformanceTarget, type TestDisk } from './conformance';
 
@@ -65,9 +65,9 @@ test('a restart counts the blocks copied before it once, not twice', { timeout: 
   await engine.start();
   t.after(() => engine.close());
   const [device] = engine.disks().map((d) => d.device);
-  const snapstore = await engine.createSnapstore({ id: 'ab'.repeat(16), devices: [device!], storage: { major: 254, minor: 0 }, thresholdBytes: 0 });
+  const snapstore = await engine.createSnapstore({ id: 'ab'.repeat(16), devices: [device], storage: { major: 254, minor: 0 }, thresholdBytes: 0 });
   await snapstore.addDeviceRanges([{ offset: 0, length: MiB }]);
-  await engine.createSnapshot([device!]);
+  await engine.createSnapshot([device]);
 
   writeDisk(disk, 8 * MiB, Buffer.alloc(640 * 1024, 1));
   await engine.scan();
@@ -77,8 +77,8 @@ test('a restart counts the blocks copied before it once, not twice', { timeout: 
   await engine.scan();
   writeDisk(disk, 16 * MiB, Buffer.alloc(256 * 1024, 2));
   await engine.scan();
-  assert.deepEqual(await engine.snapshotHealth(device!), { ok: true }, '896 KiB of 1 MiB are used');
+  assert.deepEqual(await engine.snapshotHealth(device), { ok: true }, '896 KiB of 1 MiB are used');
   writeDisk(disk, 24 * MiB, Buffer.alloc(256 * 1024, 3));
   await engine.scan();
-  assert.equal((await engine.snapshotHealth(device!)).ok, false, 'and 1152 KiB overflow it');
+  assert.equal((await engine.snapshotHealth(device)).ok, false, 'and 1152 KiB overflow it');
 });

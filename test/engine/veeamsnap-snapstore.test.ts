@@ -17,9 +17,8 @@ function snapstore(cleanupResult: bigint | null, terminateWaitMs = 10_000): { sn
   const pipe = new FakePipe();
   const control = {
     snapstoreCleanup: async () => cleanupResult,
-    snapstoreMemory: async () => {},
   };
-  const created = new VeeamsnapSnapstore('00'.repeat(16), pipe as unknown as SnapstorePipe, control, null, terminateWaitMs);
+  const created = new VeeamsnapSnapstore('00'.repeat(16), pipe as unknown as SnapstorePipe, control, terminateWaitMs);
   created.on('error', () => {});
   return { snapstore: created, pipe };
 }

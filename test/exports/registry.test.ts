@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { afterEach, test } from 'node:test';
-import { SqliteExportRegistry } from '../../src/exports/registry';
 import { DISK_SIZE, lifecycleEnv, MiB, pattern, writeDisk, type LifecycleEnv } from '../snapshots/helpers/env';
 
 let env: LifecycleEnv | undefined;
@@ -12,17 +11,17 @@ afterEach(async () => {
 
 test('every volume of a live snapshot is an export, with its CBT, until the snapshot is deleted', async () => {
   env = await lifecycleEnv();
-  const registry = new SqliteExportRegistry(env.state, env.manager);
+  const registry = env.exports;
   const snapshot = await env.manager.createSnapshot(['disk0', 'disk1']);
   const names = [`${snapshot.id}/disk0`, `${snapshot.id}/disk1`];
   assert.deepEqual(registry.list().map((x) => x.name), names);
-  const first = registry.get(names[0]!)!;
+  const first = registry.get(names[0])!;
   assert.equal(first.httpPath, `/api/v1/snapshots/${snapshot.id}/consume/disk0`);
   assert.equal(first.sizeBytes, DISK_SIZE);
   assert.equal(first.cbt.snapshotNumber, 1);
   assert.equal(first.cbt.map.length, DISK_SIZE / first.cbt.blockSize);
   assert.equal(first.failure, null);
-  const reader = await registry.open(names[1]!);
+  const reader = await registry.open(names[1]);
   assert.ok((await reader.read(0, MiB)).equals(pattern(MiB, 2)));
   await reader.close();
 
@@ -31,15 +30,15 @@ test('every volume of a live snapshot is an export, with its CBT, until the snap
   await env.manager.deleteSnapshot(snapshot.id);
   assert.deepEqual(removed, names);
   assert.deepEqual(registry.list(), []);
-  assert.equal(registry.get(names[0]!), undefined);
-  await assert.rejects(registry.open(names[0]!), { code: 'ENOENT' });
+  assert.equal(registry.get(names[0]), undefined);
+  await assert.rejects(registry.open(names[0]), { code: 'ENOENT' });
 });
 
 test('exports come back after a restart, and a failed snapshot\'s exports refuse reads with EIO', async () => {
   env = await lifecycleEnv();
   const snapshot = await env.manager.createSnapshot(['disk0']);
   await env.restart();
-  const registry = new SqliteExportRegistry(env.state, env.manager);
+  const registry = env.exports;
   const name = `${snapshot.id}/disk0`;
   assert.deepEqual(registry.list().map((x) => x.name), [name]);
 
@@ -47,7 +46,7 @@ test('exports come back after a restart, and a failed snapshot\'s exports refuse
   const failed = once(registry, 'failed', { signal: AbortSignal.timeout(30_000) }) as Promise<[string, string]>;
   // The engine's and manager's timers do not hold the process open; this one does meanwhile.
   const keepAlive = setInterval(() => undefined, 1000);
-  writeDisk(env.disks[0]!.path, 0, pattern(60 * MiB, 3));
+  writeDisk(env.disks[0].path, 0, pattern(60 * MiB, 3));
   const [failedName, reason] = await failed.finally(() => clearInterval(keepAlive));
   assert.equal(failedName, name);
   assert.match(reason, /ran out of space/);

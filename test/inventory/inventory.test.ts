@@ -4,13 +4,17 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, test } from 'node:test';
-import { openDatabase } from '../../src/db/database';
+import { recover } from '../../src/agent/recovery';
 import { AgentState } from '../../src/db/state';
-import { SimulatedEngine } from '../../src/engine/simulated';
+import { SimulatedEngine } from '../../src/engine/simulated/engine';
 import { isAgentError } from '../../src/core/errors';
 import { silentLogger } from '../../src/core/log';
+import { ExportRegistry } from '../../src/exports/registry';
 import { Inventory, type InventoryOptions } from '../../src/inventory/inventory';
-import { SimulatedDiskCatalog } from '../../src/storage/disks';
+import { fileSystemDevice } from '../../src/host/sysfs';
+import { queryBlockDevice } from '../../src/native/blockdev';
+import { SnapshotManager } from '../../src/snapshots/manager';
+import { SimulatedDiskCatalog } from '../../src/storage/simulated-catalog';
 
 const MiB = 1024 * 1024;
 const cleanups: Array<() => Promise<void>> = [];
@@ -18,32 +22,39 @@ afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()!();
 });
 
-async function setup(overrides: Partial<InventoryOptions> = {}, dir?: string) {
+/** An inventory brought up the way the agent does it (agent/recovery.ts), in `bootId`. */
+async function setup(overrides: Partial<InventoryOptions> = {}, dir?: string, bootId = 'boot-1') {
   dir ??= await fsp.mkdtemp(path.join(os.tmpdir(), 'csa-inventory-'));
   const destination = path.join(dir, 'snapstores');
   fs.mkdirSync(destination, { recursive: true });
   const disks = ['vda', 'vdb'].map((name) => {
-    const file = path.join(dir!, `${name}.img`);
+    const file = path.join(dir, `${name}.img`);
     if (!fs.existsSync(file)) fs.writeFileSync(file, Buffer.alloc(4 * MiB, name === 'vda' ? 1 : 2));
     return file;
   });
-  const engine = new SimulatedEngine({ disks, stateDir: path.join(dir, 'engine'), bootId: overrides.bootId ?? 'boot-1' });
+  const engine = new SimulatedEngine({ disks, stateDir: path.join(dir, 'engine'), bootId });
   await engine.start();
-  const state = new AgentState(openDatabase(path.join(dir, 'agent.db')));
+  const state = AgentState.open(path.join(dir, 'agent.db'));
+  const log = silentLogger();
   const inventory = new Inventory({
-    engine, state, log: silentLogger(), source: new SimulatedDiskCatalog(engine.disks(), { log: silentLogger() }),
+    engine, state, log, source: new SimulatedDiskCatalog(engine.disks(), { log }),
     destinations: [destination], configMappings: [], autoInitPhysicalDisks: true, requireBlockDevices: false,
-    bootId: 'boot-1', hotplug: { mode: 'poll', pollIntervalMs: 60_000 }, ...overrides,
+    hotplug: { mode: 'poll', pollIntervalMs: 60_000 }, ...overrides,
   });
-  await inventory.start();
+  const manager = new SnapshotManager({
+    engine, state, exports: new ExportRegistry({ state, engine }), log, snapStoreFileSize: MiB,
+    locationDevice: fileSystemDevice, diskSize: (file) => queryBlockDevice(file).size,
+  });
+  await recover({ state, engine, inventory, manager, destinations: [destination], bootId, log });
   const close = async (): Promise<void> => {
+    await manager.stop();
     await inventory.stop();
     await engine.close();
-    state.db.close();
+    state.close();
   };
   cleanups.push(async () => {
     await close();
-    await fsp.rm(dir!, { recursive: true, force: true });
+    await fsp.rm(dir, { recursive: true, force: true });
   });
   return { dir, destination, engine, state, inventory, close };
 }
@@ -88,10 +99,10 @@ describe('inventory', () => {
   test('locations report live capacity and the bytes of our files', async () => {
     const { inventory, destination, state } = await setup();
     const [location] = await inventory.listLocations();
-    assert.equal(location!.path, destination);
-    assert.ok(location!.totalBytes > 0 && location!.availableBytes <= location!.totalBytes);
-    assert.equal(location!.allocatedBytes, 0);
-    assert.equal(state.allocatedBytesIn(destination), 0);
+    assert.equal(location.path, destination);
+    assert.ok(location.totalBytes > 0 && location.availableBytes <= location.totalBytes);
+    assert.equal(location.allocatedBytes, 0);
+    assert.equal(state.files.bytesIn(destination), 0);
   });
 
   test('after a reboot the snapstore files of the old boot go, and only ours', async () => {
@@ -105,11 +116,11 @@ describe('inventory', () => {
     fs.writeFileSync(path.join(unrelated, 'y.chunk'), 'keep me too');
     await first.close();
     cleanups.pop();
-    const second = await setup({ bootId: 'boot-2' }, first.dir);
+    const second = await setup({}, first.dir, 'boot-2');
     assert.equal(fs.existsSync(ours), false);
     assert.equal(fs.existsSync(path.join(theirs, 'notes.txt')), true);
     assert.equal(fs.existsSync(path.join(unrelated, 'y.chunk')), true);
-    assert.equal(second.state.getMeta('boot_id'), 'boot-2');
+    assert.equal(second.state.meta.get('boot_id'), 'boot-2');
     assert.equal((await second.engine.listTrackers()).length, 2, 'tracking restarts after a reboot');
   });
 });

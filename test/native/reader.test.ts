@@ -95,14 +95,14 @@ function readCases(open: () => Promise<DirectReader>, expected: () => Buffer): v
   it('reads aligned ranges', async () => {
     const block = reader.logicalBlockSize;
     for (const [offset, length] of [[0, block], [block, 8 * block], [0, 1024 * 1024], [4 * 1024 * 1024, 4 * 1024 * 1024]]) {
-      await expectRead(reader, expected(), offset!, length!);
+      await expectRead(reader, expected(), offset, length);
     }
   });
 
   it('reads unaligned offsets and lengths, exactly the bytes asked for', async () => {
     const block = reader.logicalBlockSize;
     const cases = [[1, 1], [block - 1, 2], [block + 3, block], [7, 3 * block - 11], [12345, 678901], [block - 1, 1]];
-    for (const [offset, length] of cases) await expectRead(reader, expected(), offset!, length!);
+    for (const [offset, length] of cases) await expectRead(reader, expected(), offset, length);
   });
 
   it('reads up to the very end, including a partial last block', async () => {
@@ -203,7 +203,7 @@ describe('DirectReader on a regular file', () => {
     const closed = reader.close();
     assert.equal(reader.close(), closed, 'a second close() shares the first');
     assert.equal(openDescriptorsOf(filePath), 1, 'still open while reads are in flight');
-    await assert.rejects(reader.read(0, 10), { code: 'ERR_READER_CLOSED', message: /closed/ });
+    await assert.rejects(reader.read(0, 10), { code: 'ESHUTDOWN', message: /closed/ });
     const buffers = await Promise.all(reads);
     buffers.forEach((buffer, i) => {
       const offset = (i * 97 * 4096) % (FILE_SIZE - length);
@@ -211,7 +211,7 @@ describe('DirectReader on a regular file', () => {
     });
     await closed;
     assert.equal(openDescriptorsOf(filePath), 0);
-    await assert.rejects(reader.read(0, 0), { code: 'ERR_READER_CLOSED' });
+    await assert.rejects(reader.read(0, 0), { code: 'ESHUTDOWN' });
   });
 
   describe('buffer pool', () => {

@@ -23,7 +23,7 @@ const encode = (name: string, args: object): Buffer => {
   assert.deepEqual(e.pointers, []);
   return e.blocks[0];
 };
-const decodeEvent = (bytes: Buffer): SnapstorePipeEvent => binding.snapstorePipeDecodeEvent(bytes);
+const decodeEvent = (bytes: Buffer): SnapstorePipeEvent => binding.snapstorePipeDecodeEvent(bytes) as SnapstorePipeEvent;
 
 const ID = Buffer.from('0f1e2d3c4b5a69788796a5b4c3d2e1f0', 'hex');
 const PIPE_MODULE = path.resolve(__dirname, '../../src/native/snapstore-pipe.js');

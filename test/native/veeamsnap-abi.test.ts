@@ -195,7 +195,7 @@ describe('veeamsnap argument layouts', () => {
     assert.deepEqual(e.pointers, [{ block: 0, offset: 16, target: 1 }]);
     // The return value is the byte count copied (Appendix C: 256, not 0).
     const map = Buffer.from([1, 1, 0, 2, 2, 2, 0, 0]);
-    assert.deepEqual(decode('IOCTL_TRACKING_READ_CBT_BITMAP', [e.blocks[0]!, map], 5), map.subarray(0, 5));
+    assert.deepEqual(decode('IOCTL_TRACKING_READ_CBT_BITMAP', [e.blocks[0], map], 5), map.subarray(0, 5));
   });
 
   it('IOCTL_SET_KERNEL_ENTRIES: count 0, pointer 4 to 16-byte {addr, name pointer} entries', () => {

@@ -30,7 +30,7 @@ const encodedName = encodeURIComponent(EXPORT_NAME);
 function expectedDirtyMap(since: number, map: Buffer, snapshot: number): Array<{ offset: number; length: number; type: number }> {
   const out: Array<{ offset: number; length: number; type: number }> = [];
   for (let block = 0; block < map.length; block++) {
-    const type = map[block]! > since && map[block]! <= snapshot ? 1 : 0;
+    const type = map[block] > since && map[block] <= snapshot ? 1 : 0;
     const last = out.at(-1);
     if (last !== undefined && last.type === type) last.length += CBT_BLOCK_SIZE;
     else out.push({ offset: block * CBT_BLOCK_SIZE, length: CBT_BLOCK_SIZE, type });

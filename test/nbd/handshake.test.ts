@@ -135,11 +135,11 @@ describe('NBD handshake', () => {
         Option.SET_META_CONTEXT, 99]) {
         const replies = await client.option(option, option === Option.GO ? encodeInfoRequest(EXPORT_NAME) : Buffer.alloc(0));
         assert.deepEqual(replyTypes(replies), [OptionReply.ERR_TLS_REQD], `option ${option}`);
-        assert.equal(replies[0]!.option, option);
-        assert.match(replies[0]!.data.toString(), /TLS is required/);
+        assert.equal(replies[0].option, option);
+        assert.match(replies[0].data.toString(), /TLS is required/);
       }
       const [abort] = await client.option(Option.ABORT);
-      assert.equal(abort!.type, OptionReply.ACK);
+      assert.equal(abort.type, OptionReply.ACK);
       await assertClosedByServer(client);
     });
 
@@ -173,7 +173,7 @@ describe('NBD handshake', () => {
         const client = await RawClient.connect(secure.port);
         await client.start();
         const [reply] = await client.option(Option.STARTTLS);
-        assert.equal(reply!.type, OptionReply.ACK);
+        assert.equal(reply.type, OptionReply.ACK);
         await assertTlsRefused(client, { cert: other.certs.clientCert, key: other.certs.clientKey });
       } finally {
         removeFixture(other);
@@ -274,7 +274,7 @@ describe('NBD handshake', () => {
       const client = await tlsClient();
       const replies = await client.option(4, Buffer.from('peek'));
       assert.deepEqual(replyTypes(replies), [OptionReply.ERR_UNSUP]);
-      assert.equal(replies[0]!.option, 4);
+      assert.equal(replies[0].option, 4);
       client.destroy();
     });
 
@@ -407,8 +407,8 @@ describe('NBD handshake', () => {
         [Option.GO, encodeInfoRequest(EXPORT_NAME)], [Option.STARTTLS, Buffer.alloc(0)]] as const) {
         const replies = await client.option(option, data);
         assert.deepEqual(replyTypes(replies), [OptionReply.ERR_POLICY], `option ${option}`);
-        assert.match(replies[0]!.data.toString(), /client certificate CN=not-allowed \(sha256 [0-9A-F:]+\) is not allowed/);
-        received.push(replies[0]!.data);
+        assert.match(replies[0].data.toString(), /client certificate CN=not-allowed \(sha256 [0-9A-F:]+\) is not allowed/);
+        received.push(replies[0].data);
       }
       client.sendOption(Option.EXPORT_NAME, Buffer.from(EXPORT_NAME));
       received.push(await client.untilClosed());
@@ -432,7 +432,7 @@ describe('NBD handshake', () => {
       const client = await RawClient.connect(plain.port);
       await client.start();
       const [reply] = await client.option(Option.STARTTLS);
-      assert.equal(reply!.type, OptionReply.ERR_POLICY);
+      assert.equal(reply.type, OptionReply.ERR_POLICY);
       assert.deepEqual(replyTypes(await client.option(Option.INFO, encodeInfoRequest(EXPORT_NAME))), [OptionReply.INFO, OptionReply.ACK]);
       client.destroy();
     });

@@ -16,7 +16,7 @@ const DISK_SIZE = 64 * MiB;
 test('an NBD reader of a snapshot that overflows gets its bytes, then EIO or ESHUTDOWN', { timeout: 60_000 }, async (t) => {
   const e2e = await startE2eAgent({ disks: 1, diskSize: DISK_SIZE });
   t.after(() => e2e.stop());
-  const disk = e2e.disks[0]!;
+  const disk = e2e.disks[0];
   const atSnapshot = fs.readFileSync(disk);
   const { snapshot_id: snapshotId } = await e2e.json<{ snapshot_id: string }>('POST', '/snapshots/', { tracked_disk_ids: ['disk0'] });
   const file = (name: string): string => path.join(e2e.certs, name);

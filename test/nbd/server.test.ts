@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { ImageReader } from '../../src/engine/types';
+import type { ImageReader } from '../../src/core/image';
 import { createNbdServer } from '../../src/nbd/server';
 import { Command, NbdError, Option, OptionReply } from '../../src/nbd/wire';
 import { GatedReader } from './helpers/fake-registry';
@@ -56,12 +56,12 @@ describe('NBD server', () => {
       for (const client of lingering) await client.readGreeting();
       const newest = await RawClient.connect(port);
       await newest.readGreeting();
-      assert.equal((await lingering[0]!.untilClosed()).length, 0, 'the oldest handshake gave way');
-      assert.equal(lingering[1]!.isClosed, false);
+      assert.equal((await lingering[0].untilClosed()).length, 0, 'the oldest handshake gave way');
+      assert.equal(lingering[1].isClosed, false);
       attached.sendRequest({ type: Command.READ, offset: 0, length: 512 });
       assert.equal((await attached.readSimpleReply()).error, 0);
       await attached.read(512);
-      for (const client of [attached, lingering[1]!, newest]) client.destroy();
+      for (const client of [attached, lingering[1], newest]) client.destroy();
     } finally {
       await server.close();
     }
@@ -80,7 +80,7 @@ describe('NBD server', () => {
     assert.equal(fs.statSync(socketPath).mode & 0o777, 0o600);
     const plain = await RawClient.connect(socketPath);
     await plain.start();
-    assert.equal((await plain.option(Option.LIST))[0]!.type, OptionReply.ERR_TLS_REQD);
+    assert.equal((await plain.option(Option.LIST))[0].type, OptionReply.ERR_TLS_REQD);
     plain.destroy();
     const client = await connectReady(socketPath, { tls: fixture.certs });
     client.sendRequest({ type: Command.READ, offset: 0, length: 4096 });

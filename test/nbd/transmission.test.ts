@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
-import type { ImageReader } from '../../src/engine/types';
+import type { ImageReader } from '../../src/core/image';
 import { Command, CommandFlag, NbdError, Option, OptionReply, ReplyFlag, ReplyType } from '../../src/nbd/wire';
 import { GatedReader, writePatternImage } from './helpers/fake-registry';
 import { decodeExtents, encodeInfoRequest, encodeMetaContextQuery, errorChunkOf, RawClient } from './helpers/raw-client';
@@ -73,8 +73,8 @@ describe('NBD transmission', () => {
     if (structured) {
       client.sendRequest({ type: Command.READ, cookie: 1234n, offset: 4096, length: 16 });
       const [chunk] = await client.readStructuredReply();
-      assert.equal(chunk!.type, ReplyType.OFFSET_DATA);
-      assert.deepEqual(chunk!.payload.subarray(8), fixture.image.subarray(4096, 4112));
+      assert.equal(chunk.type, ReplyType.OFFSET_DATA);
+      assert.deepEqual(chunk.payload.subarray(8), fixture.image.subarray(4096, 4112));
     } else {
       assert.deepEqual(await simpleRead(client, 4096, 16, 1234n), fixture.image.subarray(4096, 4112));
     }
@@ -141,9 +141,9 @@ describe('NBD transmission', () => {
       client.sendRequests(burst.map(([offset, length], i) => ({ type: Command.READ, cookie: BigInt(i), offset, length })));
       for (let i = 0; i < burst.length; i++) {
         const [chunk] = await client.readStructuredReply();
-        const [offset, length] = burst[Number(chunk!.cookie)]!;
-        assert.equal(Number(chunk!.payload.readBigUInt64BE(0)), offset);
-        assert.deepEqual(chunk!.payload.subarray(8), fixture.image.subarray(offset, offset + length));
+        const [offset, length] = burst[Number(chunk.cookie)];
+        assert.equal(Number(chunk.payload.readBigUInt64BE(0)), offset);
+        assert.deepEqual(chunk.payload.subarray(8), fixture.image.subarray(offset, offset + length));
       }
       assert.deepEqual(fixture.registry.reads.slice(before).map(({ offset, length }) => [offset, length]), [[0, 8192], [65536, 1024]]);
     });
@@ -160,7 +160,7 @@ describe('NBD transmission', () => {
       });
       const client = await ready({ structured: true });
       // One merged run of three requests, then a request on its own.
-      client.sendRequests([[0, 4096], [4096, 4096], [8192, 4096], [131072, 4096]].map(([offset, length], i) => ({ type: Command.READ, cookie: BigInt(i), offset: offset!, length: length! })));
+      client.sendRequests([[0, 4096], [4096, 4096], [8192, 4096], [131072, 4096]].map(([offset, length], i) => ({ type: Command.READ, cookie: BigInt(i), offset: offset, length: length })));
       for (let i = 0; i < 4; i++) await client.readStructuredReply();
       assert.equal(lent.length, 2);
       // Held here, so only recycling (never the collector) can have emptied them.
@@ -194,11 +194,11 @@ describe('NBD transmission', () => {
         const chunks = await client.readStructuredReply();
         assert.equal(chunks.length, 1);
         const [chunk] = chunks;
-        assert.equal(chunk!.type, ReplyType.OFFSET_DATA);
-        assert.equal(chunk!.flags, ReplyFlag.DONE);
-        assert.equal(chunk!.cookie, 5n);
-        assert.equal(Number(chunk!.payload.readBigUInt64BE(0)), offset);
-        assert.deepEqual(chunk!.payload.subarray(8), fixture.image.subarray(offset, offset + length));
+        assert.equal(chunk.type, ReplyType.OFFSET_DATA);
+        assert.equal(chunk.flags, ReplyFlag.DONE);
+        assert.equal(chunk.cookie, 5n);
+        assert.equal(Number(chunk.payload.readBigUInt64BE(0)), offset);
+        assert.deepEqual(chunk.payload.subarray(8), fixture.image.subarray(offset, offset + length));
       }
     });
 
@@ -206,18 +206,18 @@ describe('NBD transmission', () => {
       const client = await ready({ structured: true });
       client.sendRequest({ type: Command.READ, cookie: 5n, offset: 100, length: 0 });
       const [chunk] = await client.readStructuredReply();
-      assert.equal(chunk!.type, ReplyType.NONE);
-      assert.equal(chunk!.payload.length, 0);
+      assert.equal(chunk.type, ReplyType.NONE);
+      assert.equal(chunk.payload.length, 0);
     });
 
     it('reports errors in ERROR chunks with a message', async () => {
       const client = await ready({ structured: true });
       client.sendRequest({ type: Command.READ, cookie: 6n, offset: EXPORT_SIZE, length: 512 });
       const [chunk] = await client.readStructuredReply();
-      assert.equal(chunk!.type, ReplyType.ERROR);
-      assert.equal(chunk!.flags, ReplyFlag.DONE);
-      assert.equal(chunk!.cookie, 6n);
-      const { error, message } = errorChunkOf(chunk!);
+      assert.equal(chunk.type, ReplyType.ERROR);
+      assert.equal(chunk.flags, ReplyFlag.DONE);
+      assert.equal(chunk.cookie, 6n);
+      const { error, message } = errorChunkOf(chunk);
       assert.equal(error, NbdError.EINVAL);
       assert.match(message, /past the end/);
       await assertAlive(client, true);
@@ -298,8 +298,8 @@ describe('NBD transmission', () => {
       const structured = await ready({ structured: true });
       structured.sendRequest({ type: Command.CACHE, cookie: 8n, offset: 0, length: 512 });
       const [chunk] = await structured.readStructuredReply();
-      assert.equal(chunk!.type, ReplyType.NONE);
-      assert.equal(chunk!.flags, ReplyFlag.DONE);
+      assert.equal(chunk.type, ReplyType.NONE);
+      assert.equal(chunk.flags, ReplyFlag.DONE);
       await assertAlive(client);
     });
 
@@ -322,9 +322,9 @@ describe('NBD transmission', () => {
       const client = await ready({ structured: true, metaContexts: ['base:allocation'] });
       const chunks = await blockStatus(client, 512, EXPORT_SIZE - 512);
       assert.equal(chunks.length, 1);
-      assert.equal(chunks[0]!.type, ReplyType.BLOCK_STATUS);
-      assert.equal(chunks[0]!.flags, ReplyFlag.DONE);
-      assert.deepEqual(decodeExtents(chunks[0]!.payload), { contextId: 1, extents: [{ length: EXPORT_SIZE - 512, flags: 0 }] });
+      assert.equal(chunks[0].type, ReplyType.BLOCK_STATUS);
+      assert.equal(chunks[0].flags, ReplyFlag.DONE);
+      assert.deepEqual(decodeExtents(chunks[0].payload), { contextId: 1, extents: [{ length: EXPORT_SIZE - 512, flags: 0 }] });
     });
 
     it('reports the dirty bitmap from the CBT map, one chunk per context, DONE on the last', async () => {
@@ -345,7 +345,7 @@ describe('NBD transmission', () => {
       const client = await ready({ structured: true, metaContexts: both });
       const chunks = await blockStatus(client, CBT_BLOCK_SIZE + 100, 100, CommandFlag.REQ_ONE);
       for (const chunk of chunks) assert.deepEqual(decodeExtents(chunk.payload).extents.length, 1);
-      assert.deepEqual(decodeExtents(chunks[1]!.payload).extents, [{ length: 100, flags: 1 }]);
+      assert.deepEqual(decodeExtents(chunks[1].payload).extents, [{ length: 100, flags: 1 }]);
     });
 
     it('refuses empty, out-of-range and flagged-wrong queries with EINVAL', async () => {
@@ -353,8 +353,8 @@ describe('NBD transmission', () => {
       for (const [offset, length, flags] of [[0, 0, 0], [EXPORT_SIZE, 1, 0], [0, EXPORT_SIZE + 1, 0], [0, 512, CommandFlag.DF],
         [0, 512, CommandFlag.FUA]] as const) {
         const [chunk] = await blockStatus(client, offset, length, flags);
-        assert.equal(chunk!.type, ReplyType.ERROR);
-        assert.equal(errorChunkOf(chunk!).error, NbdError.EINVAL);
+        assert.equal(chunk.type, ReplyType.ERROR);
+        assert.equal(errorChunkOf(chunk).error, NbdError.EINVAL);
       }
       await assertAlive(client, true);
     });
@@ -364,8 +364,8 @@ describe('NBD transmission', () => {
       assert.equal(await simpleError(simple, { type: Command.BLOCK_STATUS, offset: 0, length: 512 }), NbdError.EINVAL);
       const none = await ready({ structured: true });
       const [chunk] = await blockStatus(none, 0, 512);
-      assert.equal(errorChunkOf(chunk!).error, NbdError.EINVAL);
-      assert.match(errorChunkOf(chunk!).message, /no metadata context/);
+      assert.equal(errorChunkOf(chunk).error, NbdError.EINVAL);
+      assert.match(errorChunkOf(chunk).message, /no metadata context/);
     });
 
     it('drops a selection made for another export', async () => {
@@ -378,7 +378,7 @@ describe('NBD transmission', () => {
       const replies = await client.option(Option.GO, encodeInfoRequest(EXPORT_NAME));
       assert.equal(replies.at(-1)!.type, OptionReply.ACK);
       const [chunk] = await blockStatus(client, 0, 512);
-      assert.equal(errorChunkOf(chunk!).error, NbdError.EINVAL);
+      assert.equal(errorChunkOf(chunk).error, NbdError.EINVAL);
       fixture.registry.remove('1002/vdb');
     });
   });
@@ -409,7 +409,7 @@ describe('NBD transmission', () => {
       assert.equal(client.isClosed, false, 'the connection waits for the read');
       gated().release(4096);
       const [chunk] = await client.readStructuredReply();
-      assert.equal(chunk!.cookie, 1n);
+      assert.equal(chunk.cookie, 1n);
       assert.equal((await client.untilClosed()).length, 0, 'nothing after DISC is answered');
     });
 
@@ -452,10 +452,10 @@ describe('NBD transmission', () => {
       fixture.registry.fail('3000/vda', 'snapstore overflow');
       client.sendRequest({ type: Command.READ, cookie: 1n, offset: 0, length: 512 });
       const [chunk] = await client.readStructuredReply();
-      assert.equal(errorChunkOf(chunk!).error, NbdError.EIO);
+      assert.equal(errorChunkOf(chunk).error, NbdError.EIO);
       client.sendRequest({ type: Command.BLOCK_STATUS, cookie: 2n, offset: 0, length: 4 * CBT_BLOCK_SIZE });
       const [status] = await client.readStructuredReply();
-      assert.deepEqual(decodeExtents(status!.payload).extents,
+      assert.deepEqual(decodeExtents(status.payload).extents,
         [{ length: 2 * CBT_BLOCK_SIZE, flags: 0 }, { length: CBT_BLOCK_SIZE, flags: 1 }, { length: CBT_BLOCK_SIZE, flags: 0 }]);
 
       // A client arriving after the failure attaches without a reader, and gets the same.
@@ -501,12 +501,12 @@ describe('NBD transmission', () => {
       const copy = Buffer.alloc(EXPORT_SIZE);
       for (let i = 0; i < EXPORT_SIZE / chunk; i++) {
         const [reply] = await client.readStructuredReply();
-        reply!.payload.subarray(8).copy(copy, Number(reply!.payload.readBigUInt64BE(0)));
+        reply.payload.subarray(8).copy(copy, Number(reply.payload.readBigUInt64BE(0)));
       }
       assert.ok(copy.equals(fixture.image));
       client.sendRequest({ type: Command.BLOCK_STATUS, cookie: 1n, offset: 0, length: EXPORT_SIZE });
       const [status] = await client.readStructuredReply();
-      assert.deepEqual(decodeExtents(status!.payload).extents, [{ length: EXPORT_SIZE, flags: 0 }]);
+      assert.deepEqual(decodeExtents(status.payload).extents, [{ length: EXPORT_SIZE, flags: 0 }]);
     });
 
     it('answers simple replies of every size, queued behind each other, each intact', async () => {
@@ -514,8 +514,8 @@ describe('NBD transmission', () => {
       clients.push(client);
       // Both sides of the size where a reply is joined with its header, and unaligned offsets.
       const reads = [[0, 1], [4095, 512], [8192, 16 * 1024], [100_000, 16 * 1024 + 1], [1 * MiB + 3, 64 * 1024], [2 * MiB, MiB], [7, 300]];
-      const expected = new Map(reads.map(([offset, length], i) => [BigInt(i), fixture.image.subarray(offset!, offset! + length!)]));
-      client.sendRequests(reads.map(([offset, length], i) => ({ type: Command.READ, cookie: BigInt(i), offset: offset!, length: length! })));
+      const expected = new Map(reads.map(([offset, length], i) => [BigInt(i), fixture.image.subarray(offset, offset + length)]));
+      client.sendRequests(reads.map(([offset, length], i) => ({ type: Command.READ, cookie: BigInt(i), offset: offset, length: length })));
       for (let i = 0; i < reads.length; i++) {
         const reply = await client.readSimpleReply();
         assert.equal(reply.error, 0);

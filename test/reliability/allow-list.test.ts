@@ -34,7 +34,7 @@ describe('allow-list on both doors', { timeout: 120_000 }, () => {
     listed = makeClientCerts(certs, 'listed', '/CN=listed');
     stranger = makeClientCerts(certs, 'stranger', '/CN=stranger');
     e2e = await startE2eAgent({ disks: 1, diskSize: 8 * MiB, certsDir: certs.dir, allowedClients: ['CN=test client', 'CN=listed'] });
-    image = fs.readFileSync(e2e.disks[0]!);
+    image = fs.readFileSync(e2e.disks[0]);
     snapshotId = (await e2e.json<{ snapshot_id: string }>('POST', '/snapshots/', { tracked_disk_ids: ['disk0'] })).snapshot_id;
     exportName = `${snapshotId}/disk0`;
   });
@@ -68,7 +68,7 @@ describe('allow-list on both doors', { timeout: 120_000 }, () => {
       for (const [option, data] of [[Option.LIST, Buffer.alloc(0)], [Option.GO, encodeInfoRequest(exportName)]] as const) {
         const replies = await client.option(option, data);
         assert.deepEqual(replies.map((reply) => reply.type), [OptionReply.ERR_POLICY]);
-        assert.doesNotMatch(replies[0]!.data.toString(), new RegExp(snapshotId));
+        assert.doesNotMatch(replies[0].data.toString(), new RegExp(snapshotId));
       }
     } finally {
       client.destroy();

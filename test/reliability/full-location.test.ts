@@ -40,7 +40,7 @@ test('a full snapstore location: 507 naming it, nothing left, at risk while live
   const scratch = scratchFilesystem('ext4', 64 * MiB, { extraArgs: ['-m', '0'] });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'csa-full-location-'));
   const location = path.join(scratch.mount.dir, 'snapstores');
-  let agent: SnapstoreAgent | undefined;
+  let agent: SnapstoreAgent | undefined = undefined;
   t.after(async () => {
     await agent?.stop();
     scratch.cleanup();
@@ -75,20 +75,20 @@ test('a full snapstore location: 507 naming it, nothing left, at risk while live
 
   // Full again, then enough copy-on-write to cross the threshold: the growth step cannot be had.
   await fillUpTo(4 * MiB);
-  writeDisk(agent.disks[0]!, 32 * MiB, initial - CHUNK + 2 * MiB, 2);
-  await waitFor('the snapshot is at risk', async () => (await agent!.json<SnapshotJson>('GET', `/snapshots/${snapshot.snapshot_id}`)).at_risk);
+  writeDisk(agent.disks[0], 32 * MiB, initial - CHUNK + 2 * MiB, 2);
+  await waitFor('the snapshot is at risk', async () => (await agent.json<SnapshotJson>('GET', `/snapshots/${snapshot.snapshot_id}`)).at_risk);
   const risky = await agent.json<SnapshotJson>('GET', `/snapshots/${snapshot.snapshot_id}`);
   assert.equal(risky.state, 'ok');
   assert.match(risky.at_risk_reason!, new RegExp(`^snapstore location ${location} is full`));
   const [store] = await agent.json<SnapstoreJson[]>('GET', '/snapstores');
-  assert.equal(store!.at_risk, true);
-  assert.equal(store!.at_risk_reason, risky.at_risk_reason);
+  assert.equal(store.at_risk, true);
+  assert.equal(store.at_risk_reason, risky.at_risk_reason);
 
   fs.rmSync(filler);
-  await waitFor('the growth is retried', async () => !(await agent!.json<SnapshotJson>('GET', `/snapshots/${snapshot.snapshot_id}`)).at_risk);
+  await waitFor('the growth is retried', async () => !(await agent.json<SnapshotJson>('GET', `/snapshots/${snapshot.snapshot_id}`)).at_risk);
   const [grown] = await agent.json<SnapstoreJson[]>('GET', '/snapstores');
-  assert.equal(grown!.allocated_disk_space, initial + CHUNK);
-  assert.equal(grown!.at_risk, false);
+  assert.equal(grown.allocated_disk_space, initial + CHUNK);
+  assert.equal(grown.at_risk, false);
   assert.equal((await agent.json<SnapshotJson>('GET', `/snapshots/${snapshot.snapshot_id}`)).state, 'ok');
 
   await agent.json('DELETE', `/snapshots/${snapshot.snapshot_id}`);

@@ -17,6 +17,7 @@ import { test } from 'node:test';
 import { generateCertificates } from '../../src/cli/gen-certs';
 import { writeDemoDisk } from '../../src/cli/demo';
 import { request, type Response } from '../api/helpers/server';
+import { simulatedAgentToml } from '../helpers/agent-config';
 
 const CYCLES = Number(process.env.CSA_KILL9_CYCLES ?? 20);
 const SEED = Number(process.env.CSA_KILL9_SEED ?? 11);
@@ -62,8 +63,8 @@ class AgentProcess {
     this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
     let tail = '';
     await new Promise<void>((resolve, reject) => {
-      child.stderr!.setEncoding('utf8');
-      child.stderr!.on('data', (chunk: string) => {
+      child.stderr.setEncoding('utf8');
+      child.stderr.on('data', (chunk: string) => {
         tail = (tail + chunk).slice(-20_000);
         if (tail.includes('"msg":"agent ready"')) resolve();
       });
@@ -101,27 +102,11 @@ test(`kill -9 at random points of create, delete and download: ${CYCLES} cycles,
   const diskFile = (disk: string): string => path.join(dir, `${disk}.img`);
   DISKS.forEach((disk, index) => writeDemoDisk(diskFile(disk), DISK_SIZE, index));
   const [apiPort, nbdPort] = [await freePort(), await freePort()];
-  const q = JSON.stringify;
   const configFile = path.join(dir, 'config.toml');
-  fs.writeFileSync(configFile, `
-engine = "simulated"
-database_file = ${q(path.join(dir, 'agent.db'))}
-snapstore_destinations = [${q(path.join(dir, 'snapstores'))}]
-auto_init_physical_disks = true
-snap_store_file_size = ${4 * MiB}
-${DISKS.map((d) => `[[snapstore_mapping]]\ndevice = ${q(d)}\nlocation = ${q(path.join(dir, 'snapstores'))}\n`).join('')}
-[api]
-bind = "127.0.0.1"
-port = ${apiPort}
-[api.tls]
-certificate = ${q(path.join(certs, 'server-cert.pem'))}
-key = ${q(path.join(certs, 'server-key.pem'))}
-ca_certificate = ${q(path.join(certs, 'ca-cert.pem'))}
-[nbd]
-port = ${nbdPort}
-[simulated]
-disks = [${DISKS.map((d) => q(diskFile(d))).join(', ')}]
-`);
+  // The engine keeps its files beside the database, as the agent does when no image_dir is set.
+  fs.writeFileSync(configFile, simulatedAgentToml({
+    dir, disks: DISKS.map(diskFile), certs, snapStoreFileSize: 4 * MiB, apiPort, nbdPort, engineDir: null,
+  }));
   const ca = fs.readFileSync(path.join(certs, 'ca-cert.pem'), 'utf8');
   const credentials = { cert: fs.readFileSync(path.join(certs, 'client-cert.pem'), 'utf8'), key: fs.readFileSync(path.join(certs, 'client-key.pem'), 'utf8') };
   const api = (method: string, route: string, options: { body?: unknown; range?: string } = {}): Promise<Response> => request(apiPort, ca, `/api/v1${route}`, {
@@ -141,7 +126,7 @@ disks = [${DISKS.map((d) => q(diskFile(d))).join(', ')}]
   };
 
   const rng = random(SEED);
-  const pick = <T>(items: T[]): T => items[Math.floor(rng() * items.length)]!;
+  const pick = <T>(items: T[]): T => items[Math.floor(rng() * items.length)];
   const agent = new AgentProcess(configFile);
   t.after(() => agent.stop());
   await agent.start();
@@ -205,7 +190,7 @@ disks = [${DISKS.map((d) => q(diskFile(d))).join(', ')}]
   async function checkIncrementals(): Promise<void> {
     for (const disk of DISKS.filter((d) => !busyDisks().has(d))) {
       const snapshot = await timed('create', () => json<SnapshotJson>('POST', '/snapshots/', { tracked_disk_ids: [disk] }));
-      const volume = snapshot.volume_snapshots[0]!;
+      const volume = snapshot.volume_snapshots[0];
       const replica = replicas.get(disk);
       const since = replica === undefined ? '' : `?previousGenerationID=${replica.generationId}&previousNumber=${replica.number}`;
       const changes = await json<ChangesJson>('GET', `/snapshots/${snapshot.snapshot_id}/changes/${disk}/${since}`);
@@ -282,7 +267,7 @@ disks = [${DISKS.map((d) => q(diskFile(d))).join(', ')}]
     });
     await sleep(rng() * 1.25 * typical.get(kind)!);
     await agent.kill();
-    counts.kills[kind]!++;
+    counts.kills[kind]++;
     if ((await settled) === 'cut') counts.cutShort++;
 
     await agent.start();

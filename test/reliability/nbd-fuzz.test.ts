@@ -36,7 +36,7 @@ class Dice {
   constructor(readonly random: () => number) {}
   int(below: number): number { return Math.floor(this.random() * below); }
   chance(p: number): boolean { return this.random() < p; }
-  pick<T>(items: readonly T[]): T { return items[this.int(items.length)]!; }
+  pick<T>(items: readonly T[]): T { return items[this.int(items.length)]; }
   bytes(length: number): Buffer { return Buffer.from(Array.from({ length }, () => this.int(256))); }
 }
 

@@ -62,7 +62,7 @@ interface Answer {
 }
 
 function generator(random: () => number, ids: { snapshot: string; generation: string }) {
-  const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)];
   const chance = (p: number): boolean => random() < p;
   const int = (max: number): number => Math.floor(random() * max);
 
@@ -157,7 +157,7 @@ function parseAnswer(bytes: Buffer, method: string): Answer | string {
     const end = rest.indexOf('\r\n\r\n');
     if (end < 0) return `no complete response head in ${JSON.stringify(rest.subarray(0, 200).toString('latin1'))}`;
     const [statusLine, ...lines] = rest.subarray(0, end).toString('latin1').split('\r\n');
-    const match = /^HTTP\/1\.1 (\d{3}) /.exec(statusLine!);
+    const match = /^HTTP\/1\.1 (\d{3}) /.exec(statusLine);
     if (match === null) return `bad status line ${JSON.stringify(statusLine)}`;
     const headers = new Map(lines.map((line) => {
       const colon = line.indexOf(':');
@@ -211,7 +211,7 @@ function problemsOf(request: Case, answer: Answer | string): string[] {
   }
   if (answer.status === 405 && answer.headers.get('allow') === undefined) problems.push('405 without Allow');
   // An absolute-form target (RFC 9112 3.2.2) names the same path.
-  const pathOnly = request.target.replace(/^https?:\/\/[^/]*/, '').split(/[?#]/)[0]!;
+  const pathOnly = request.target.replace(/^https?:\/\/[^/]*/, '').split(/[?#]/)[0];
   problems.push(...openApiProblems({ method: request.method, path: pathOnly, status: answer.status, contentType: answer.headers.get('content-type'), body: answer.body }));
   return problems;
 }
@@ -227,7 +227,7 @@ test(`${CASES} fuzzed requests (seed ${SEED}): every one answered, no 5xx, JSON 
   const created = await send('POST', '/snapshots/', JSON.stringify({ tracked_disk_ids: ['disk0'] }), { 'content-type': 'application/json' });
   assert.equal(created.status, 200);
   const snapshot = JSON.parse(created.body.toString()) as { snapshot_id: string; volume_snapshots: Array<{ generation_id: string }> };
-  const next = generator(prng(SEED), { snapshot: snapshot.snapshot_id, generation: snapshot.volume_snapshots[0]!.generation_id });
+  const next = generator(prng(SEED), { snapshot: snapshot.snapshot_id, generation: snapshot.volume_snapshots[0].generation_id });
   const cases = Array.from({ length: CASES }, next);
 
   const failures: string[] = [];
@@ -236,7 +236,7 @@ test(`${CASES} fuzzed requests (seed ${SEED}): every one answered, no 5xx, JSON 
   await Promise.all(Array.from({ length: PARALLEL }, async () => {
     while (index < cases.length) {
       const number = index++;
-      const request = cases[number]!;
+      const request = cases[number];
       const answer = await exchange(request);
       if (typeof answer !== 'string') statuses.set(answer.status, (statuses.get(answer.status) ?? 0) + 1);
       for (const problem of problemsOf(request, answer)) {
@@ -263,7 +263,7 @@ test(`${CASES} fuzzed requests (seed ${SEED}): every one answered, no 5xx, JSON 
   const fresh = await send('POST', '/snapshots/', JSON.stringify({ tracked_disk_ids: ['disk0', 'disk1'] }), { 'content-type': 'application/json' });
   assert.equal(fresh.status, 200, fresh.body.toString());
   const id = (JSON.parse(fresh.body.toString()) as { snapshot_id: string }).snapshot_id;
-  for (const [disk, file] of [['disk0', e2e.disks[0]!], ['disk1', e2e.disks[1]!]] as const) {
+  for (const [disk, file] of [['disk0', e2e.disks[0]], ['disk1', e2e.disks[1]]] as const) {
     const download = await send('GET', `/snapshots/${id}/consume/${disk}`);
     assert.equal(download.status, 200);
     assert.ok(download.body.equals(fs.readFileSync(file)), `${disk}: the image is the disk`);

@@ -26,12 +26,12 @@ test(`${RESTARTS} restarts with a live snapshot: the snapstore's allocated bytes
   });
   await agent.start();
   const { snapshot_id: id } = await agent.json<{ snapshot_id: string }>('POST', '/snapshots', { tracked_disk_ids: ['disk0'] });
-  writeDisk(agent.disks[0]!, 8 * MiB, MiB, 1);
+  writeDisk(agent.disks[0], 8 * MiB, MiB, 1);
   // The first copy-on-write finds less than the threshold free (13 MiB of 64 MiB): one growth step.
   let before: SnapstoreJson | undefined;
   for (let tries = 0; ; tries++) {
     [before] = await agent.json<SnapstoreJson[]>('GET', '/snapstores');
-    if (before!.used_disk_space === MiB && before!.allocated_disk_space - before!.used_disk_space >= 64 * MiB) break;
+    if (before.used_disk_space === MiB && before.allocated_disk_space - before.used_disk_space >= 64 * MiB) break;
     assert.ok(tries < 400, `the snapstore settles: ${JSON.stringify(before)}`);
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
@@ -41,9 +41,9 @@ test(`${RESTARTS} restarts with a live snapshot: the snapstore's allocated bytes
     await agent.stop();
     await agent.start();
     const [after] = await agent.json<SnapstoreJson[]>('GET', '/snapstores');
-    assert.equal(after!.allocated_disk_space, before!.allocated_disk_space, `allocated after restart ${restart}`);
-    assert.equal(after!.used_disk_space, MiB, `used after restart ${restart}`);
-    assert.equal(after!.at_risk, false);
+    assert.equal(after.allocated_disk_space, before.allocated_disk_space, `allocated after restart ${restart}`);
+    assert.equal(after.used_disk_space, MiB, `used after restart ${restart}`);
+    assert.equal(after.at_risk, false);
     assert.equal(allocatedOnDisk(location), onDisk, `bytes on the location's file system after restart ${restart}`);
     assert.equal((await agent.json<{ state: string }>('GET', `/snapshots/${id}`)).state, 'ok');
   }

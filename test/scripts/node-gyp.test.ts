@@ -7,7 +7,9 @@ import path from 'node:path';
 import { test } from 'node:test';
 
 const script = path.resolve(__dirname, '../../../scripts/node-gyp.js');
-const { nodeHeadersDir } = require(script) as { nodeHeadersDir(execPath: string, version: string): string | undefined };
+// The script is plain JavaScript, outside the TypeScript project.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { nodeHeadersDir } = require(script) as { nodeHeadersDir: (execPath: string, version: string) => string | undefined };
 
 /** A Node install under a fresh prefix: bin/node (a symlink, as nvm's `current`) and its headers. */
 function fakeInstall(version: string | undefined): { prefix: string; node: string } {

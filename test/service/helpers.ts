@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { generateCertificates } from '../../src/cli/gen-certs';
 import { writeDemoDisk } from '../../src/cli/demo';
+import { simulatedAgentToml } from '../helpers/agent-config';
 
 export const MAIN = path.resolve(__dirname, '../../src/main.js');
 const MiB = 1024 * 1024;
@@ -52,29 +53,11 @@ export async function scratch(options: ScratchOptions = {}): Promise<Scratch> {
   });
   const apiPort = await freePort();
   const nbdPort = await freePort();
-  const q = JSON.stringify;
   const configFile = path.join(dir, 'config.toml');
-  fs.writeFileSync(configFile, `engine = "simulated"
-database_file = ${q(path.join(dir, 'state', 'agent.db'))}
-snapstore_destinations = [${q(path.join(dir, 'snapstores'))}]
-auto_init_physical_disks = true
-snap_store_file_size = ${options.snapStoreFileSize ?? 8 * MiB}
-${options.top ?? ''}
-${disks.map((d) => `[[snapstore_mapping]]\ndevice = ${q(path.basename(d, '.img'))}\nlocation = ${q(path.join(dir, 'snapstores'))}\n`).join('')}
-[api]
-bind = "127.0.0.1"
-port = ${apiPort}
-[api.tls]
-certificate = ${q(path.join(certs, 'server-cert.pem'))}
-key = ${q(path.join(certs, 'server-key.pem'))}
-ca_certificate = ${q(path.join(certs, 'ca-cert.pem'))}
-[nbd]
-port = ${nbdPort}
-${options.nbd ?? ''}
-[simulated]
-disks = [${disks.map((d) => q(d)).join(', ')}]
-image_dir = ${q(path.join(dir, 'state', 'engine'))}
-`);
+  fs.writeFileSync(configFile, simulatedAgentToml({
+    dir, disks, certs, snapStoreFileSize: options.snapStoreFileSize ?? 8 * MiB, apiPort, nbdPort, top: options.top, nbd: options.nbd,
+    databaseFile: path.join(dir, 'state', 'agent.db'), engineDir: path.join(dir, 'state', 'engine'),
+  }));
   return { dir, certs, configFile, disks, apiPort, nbdPort, remove: () => fs.rmSync(dir, { recursive: true, force: true }) };
 }
 
@@ -101,8 +84,8 @@ export function serve(configFile: string, env: NodeJS.ProcessEnv = {}): Served {
     text += chunk.toString('utf8');
     waiters.splice(0).forEach((check) => check());
   };
-  child.stdout!.on('data', collect);
-  child.stderr!.on('data', collect);
+  child.stdout.on('data', collect);
+  child.stderr.on('data', collect);
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   return {
     child,
@@ -115,7 +98,7 @@ export function serve(configFile: string, env: NodeJS.ProcessEnv = {}): Served {
           if (matches()) resolve();
           else waiters.push(check);
         };
-        exited.then((code) => {
+        void exited.then((code) => {
           if (!matches()) reject(new Error(`serve exited (${code}) before printing ${String(pattern)}:\n${text}`));
         });
         check();

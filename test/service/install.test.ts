@@ -116,7 +116,7 @@ describe('start failures', () => {
         // Asynchronous: the squatter must keep accepting while serve tries.
         const child = spawn(process.execPath, [MAIN, 'serve', '--config', s.configFile], { stdio: ['ignore', 'ignore', 'pipe'] });
         let stderr = '';
-        child.stderr!.on('data', (chunk: Buffer) => {
+        child.stderr.on('data', (chunk: Buffer) => {
           stderr += chunk.toString();
         });
         child.on('exit', (status) => resolve({ status, stderr }));

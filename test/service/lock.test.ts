@@ -67,7 +67,7 @@ describe('one agent per state', () => {
 
     // A holder killed with SIGKILL leaves its pid in the file but no lock.
     const holder = spawn(process.execPath, ['-e', `require(${JSON.stringify(path.resolve(__dirname, '../../src/agent/state-lock.js'))}).lockState(${JSON.stringify(database)}); console.log('locked'); setInterval(() => {}, 1000);`], { stdio: ['ignore', 'pipe', 'inherit'] });
-    await new Promise((resolve) => holder.stdout!.once('data', resolve));
+    await new Promise((resolve) => holder.stdout.once('data', resolve));
     assert.throws(() => lockState(database), new RegExp(`pid ${holder.pid}\\)`));
     holder.kill('SIGKILL');
     await new Promise((resolve) => holder.once('exit', resolve));

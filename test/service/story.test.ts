@@ -11,7 +11,7 @@ import { records, scratch } from './helpers';
 
 const MiB = 1024 * 1024;
 
-function capturingLogger(): { log: ReturnType<typeof createLogger>; records(): Array<Record<string, unknown>> } {
+function capturingLogger(): { log: ReturnType<typeof createLogger>; records: () => Array<Record<string, unknown>> } {
   const stream = new PassThrough();
   let text = '';
   stream.on('data', (chunk: Buffer) => {
@@ -53,7 +53,7 @@ describe('the story in the log', () => {
 
     // Less than the snapstore holds, so it grows rather than overflows.
     const grownBefore = about('snapstore grown').length;
-    scribble(s.disks[0]!, 0, 4 * MiB);
+    scribble(s.disks[0], 0, 4 * MiB);
     await until(() => about('snapstore grown').length > grownBefore, t.signal);
     assert.equal(about('snapstore grown').at(-1)!.disk, 'disk0');
 
@@ -70,7 +70,7 @@ describe('the story in the log', () => {
     const agent = await startAgent(loadConfig(s.configFile), log);
     t.after(() => agent.stop());
     const snapshot = await agent.service.createSnapshot(['disk0']);
-    scribble(s.disks[0]!, 0, 24 * MiB);
+    scribble(s.disks[0], 0, 24 * MiB);
     await until(() => logged().some((r) => r.msg === 'snapstore overflowed: its snapshot data is lost'), t.signal);
     const overflow = logged().find((r) => r.msg === 'snapstore overflowed: its snapshot data is lost')!;
     assert.deepEqual([overflow.snapshot, overflow.disk], [snapshot.id, 'disk0']);

@@ -17,7 +17,7 @@ const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
 
 /** Every value of a directive in the unit. */
 function directive(name: string): string[] {
-  return [...unit.matchAll(new RegExp(`^${name}=(.*)$`, 'gm'))].map((match) => match[1]!.trim());
+  return [...unit.matchAll(new RegExp(`^${name}=(.*)$`, 'gm'))].map((match) => match[1].trim());
 }
 
 function sampleValue(key: string): string | undefined {
@@ -36,7 +36,7 @@ describe('systemd unit', () => {
     const command = path.join(dir, 'coriolis-snapshot-agent');
     fs.writeFileSync(command, '#!/bin/sh\nexit 0\n', { mode: 0o755 });
     const [execStart] = directive('ExecStart');
-    const executable = execStart!.split(' ')[0]!;
+    const executable = execStart.split(' ')[0];
     const copy = path.join(dir, 'coriolis-snapshot-agent.service');
     fs.writeFileSync(copy, unit.replaceAll(executable, command));
     const result = spawnSync('systemd-analyze', ['verify', copy], { encoding: 'utf8' });
@@ -46,7 +46,7 @@ describe('systemd unit', () => {
 
   test('ExecStart is the command the README installs, outside the homes ProtectHome hides', () => {
     const [execStart] = directive('ExecStart');
-    assert.match(execStart!, /^\/usr\/local\/bin\/coriolis-snapshot-agent serve --config \/etc\/coriolis-snapshot-agent\/config\.toml$/);
+    assert.match(execStart, /^\/usr\/local\/bin\/coriolis-snapshot-agent serve --config \/etc\/coriolis-snapshot-agent\/config\.toml$/);
     assert.ok(readme.includes('ln -sf /opt/coriolis-snapshot-agent/dist/src/main.js /usr/local/bin/coriolis-snapshot-agent'));
     assert.deepEqual(directive('ProtectHome'), ['yes']);
   });
@@ -73,7 +73,7 @@ describe('systemd unit', () => {
     assert.equal(sampleValue('log_file'), undefined);
     const logExample = /^#log_file = "(.*)"$/m.exec(sample)?.[1];
     assert.ok(logExample !== undefined && inside(logExample), `log_file example ${logExample}`);
-    const destinations = /^snapstore_destinations = \[(.*)\]$/m.exec(sample)![1]!.split(',').map((d) => JSON.parse(d.trim()) as string);
+    const destinations = /^snapstore_destinations = \[(.*)\]$/m.exec(sample)![1].split(',').map((d) => JSON.parse(d.trim()) as string);
     for (const destination of destinations) assert.ok(inside(destination), destination);
     const socketExample = /^#unix_socket = "(.*)"$/m.exec(sample)?.[1];
     assert.ok(socketExample !== undefined && inside(socketExample), `unix_socket example ${socketExample}`);
@@ -92,7 +92,7 @@ describe('logrotate snippet', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'csa-logrotate-'));
     t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
     const snippet = fs.readFileSync(path.join(ROOT, 'contrib/coriolis-snapshot-agent.logrotate'), 'utf8')
-      .replace(SERVICE_DIRECTORIES[1]!, dir).replace(/^\s*su .*$/m, '');
+      .replace(SERVICE_DIRECTORIES[1], dir).replace(/^\s*su .*$/m, '');
     const config = path.join(dir, 'conf');
     fs.writeFileSync(config, snippet);
     fs.writeFileSync(path.join(dir, 'agent.log'), 'x\n');

@@ -31,7 +31,7 @@ describe('changed ranges from a CBT map', () => {
   });
 
   test('the spec\'s worked example: baseline (A,1), current (A,2)', () => {
-    const map = new Array(40960).fill(0);
+    const map = new Array<number>(40960).fill(0);
     [1, 1, 0, 2, 2, 2, 0, 0, 2, 1, 0, 2].forEach((stamp, i) => { map[i] = stamp; });
     map[40959] = 2;
     const { ranges } = computeChanges(query(map, { snapshotNumber: 2, previousNumber: 1, deviceSize: 10 * 1024 ** 3 }));
@@ -80,7 +80,7 @@ describe('changed ranges agree with a block-by-block reference on long and rando
   function reference(map: Uint8Array, previous: number, current: number, deviceSize: number): Array<{ offset: number; length: number }> {
     const out: Array<{ offset: number; length: number }> = [];
     for (let i = 0; i < map.length; i++) {
-      if (!(map[i]! > previous && map[i]! <= current)) continue;
+      if (!(map[i] > previous && map[i] <= current)) continue;
       const last = out[out.length - 1];
       const end = Math.min((i + 1) * B, deviceSize);
       if (last && last.offset + last.length === i * B) last.length = end - last.offset;
@@ -97,7 +97,7 @@ describe('changed ranges agree with a block-by-block reference on long and rando
       x = (x * 1103515245 + 12345) % 2 ** 31;
       // Runs from 1 block to far longer than the 4096-block stretches the fast paths skip.
       const run = 1 + (x % 3 === 0 ? x % 9000 : x % 70);
-      map.fill(stamps[x % stamps.length]!, i, Math.min(length, i + run));
+      map.fill(stamps[x % stamps.length], i, Math.min(length, i + run));
       i += run;
     }
     return map;

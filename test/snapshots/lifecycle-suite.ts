@@ -4,11 +4,12 @@ import assert from 'node:assert/strict';
 import { afterEach, describe, test } from 'node:test';
 import type { SnapshotEngine, Snapstore } from '../../src/engine/types';
 import { isAgentError } from '../../src/core/errors';
-import { roundToMiB } from '../../src/watchers/watcher';
+import { roundToMiB } from '../../src/storage/allocation';
 import { CHUNK, lifecycleEnv, MiB, pattern, readFile, snapstoreFiles, writeDisk, type EnvOptions, type LifecycleEnv, type Machine } from './helpers/env';
+import { failingCalls, withOverrides } from '../helpers/engine-overrides';
 
 async function readImage(e: LifecycleEnv, snapshotId: string, diskId: string, offset: number, length: number): Promise<Buffer> {
-  const reader = await e.manager.openImage(snapshotId, diskId);
+  const reader = await e.exports.openByVolume(snapshotId, diskId);
   try {
     return Buffer.from(await reader.read(offset, length));
   } finally {
@@ -38,51 +39,35 @@ function internalFailure(cause: RegExp) {
 
 /** Nothing of a snapshot is left: no rows, no files, no kernel snapshot, snapstore or image. */
 async function assertNothingLeft(e: LifecycleEnv): Promise<void> {
-  assert.deepEqual(e.state.snapshots(), []);
-  assert.deepEqual(e.state.snapstores(), []);
+  assert.deepEqual(e.state.snapshots.list(), []);
+  assert.deepEqual(e.state.snapstores.list(), []);
   assert.deepEqual(snapstoreFiles(e), []);
   assert.deepEqual(await e.engine.listSnapshots(), []);
   assert.deepEqual(await e.engine.listImages(), []);
   for (const disk of e.disks) {
-    const row = e.state.trackedDisk(disk.id)!;
+    const row = e.state.disks.get(disk.id)!;
     await assert.rejects(e.engine.snapshotHealth({ major: row.major, minor: row.minor }), { code: 'ENODATA' }, `no snapstore left for ${disk.id}`);
   }
 }
 
 /** Wraps an engine so that one method fails, the way a kernel error would. */
-function failing(method: keyof SnapshotEngine, after = 0, code = 'EIO') {
-  return (engine: SnapshotEngine): SnapshotEngine => {
-    let calls = 0;
-    return new Proxy(engine, {
-      get(target, property, receiver) {
-        const value = Reflect.get(target, property, receiver);
-        if (property !== method || typeof value !== 'function') return typeof value === 'function' ? value.bind(target) : value;
-        return (...args: unknown[]) => {
-          if (calls++ >= after) return Promise.reject(Object.assign(new Error(`injected ${String(method)} failure`), { code }));
-          return value.apply(target, args);
-        };
-      },
-    });
-  };
+function failing(method: Parameters<typeof failingCalls>[0], after = 0, code = 'EIO') {
+  return failingCalls(method, (call) => call >= after, code);
 }
 
 /** Snapstores whose space can be given once (the initial allocation) and never grown. */
 function noGrowth(engine: SnapshotEngine): SnapshotEngine {
-  return new Proxy(engine, {
-    get(target, property, receiver) {
-      const value = Reflect.get(target, property, receiver);
-      if (property !== 'createSnapstore') return typeof value === 'function' ? value.bind(target) : value;
-      return async (...args: Parameters<SnapshotEngine['createSnapstore']>): Promise<Snapstore> => {
-        const snapstore = await target.createSnapstore(...args);
-        const addDeviceRanges = snapstore.addDeviceRanges.bind(snapstore);
-        let given = false;
-        snapstore.addDeviceRanges = async (ranges) => {
-          if (given) throw Object.assign(new Error('injected: no more space'), { code: 'ENOSPC' });
-          given = true;
-          return addDeviceRanges(ranges);
-        };
-        return snapstore;
+  return withOverrides(engine, {
+    createSnapstore: async (...args): Promise<Snapstore> => {
+      const snapstore = await engine.createSnapstore(...args);
+      const addDeviceRanges = snapstore.addDeviceRanges.bind(snapstore);
+      let given = false;
+      snapstore.addDeviceRanges = async (ranges) => {
+        if (given) throw Object.assign(new Error('injected: no more space'), { code: 'ENOSPC' });
+        given = true;
+        return addDeviceRanges(ranges);
       };
+      return snapstore;
     },
   });
 }
@@ -118,12 +103,12 @@ export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>
         assert.equal(volume.sizeBytes, env.diskSize);
         assert.equal(volume.cbtBlockSize, env.cbtBlockSize);
       }
-      assert.deepEqual(snapshot.exports.map((x) => x.nbdExportName), [`${snapshot.id}/disk0`, `${snapshot.id}/disk1`]);
+      assert.deepEqual(snapshot.exports.map((x) => x.name), [`${snapshot.id}/disk0`, `${snapshot.id}/disk1`]);
       const stores = await env.manager.listSnapstores();
       assert.equal(stores.length, 2);
       for (const store of stores) assert.equal(store.allocatedBytes, roundToMiB(env.diskSize * 0.2));
 
-      writeDisk(env.disks[0]!.path, 0, pattern(MiB, 99));
+      writeDisk(env.disks[0].path, 0, pattern(MiB, 99));
       assert.ok((await readImage(env, snapshot.id, 'disk0', 0, 4 * MiB)).equals(pattern(4 * MiB, 1)));
       assert.ok((await readImage(env, snapshot.id, 'disk1', 123, 4000)).equals(pattern(4 * MiB, 2).subarray(123, 4123)));
       assert.deepEqual(await env.manager.listSnapshots(), [await env.manager.getSnapshot(snapshot.id)]);
@@ -134,7 +119,7 @@ export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>
       await assert.rejects(env.manager.createSnapshot([]), rejectsWith('invalid', /at least one disk/));
       await assert.rejects(env.manager.createSnapshot(['disk0', 'disk0']), rejectsWith('invalid', /listed twice/));
       await assert.rejects(env.manager.createSnapshot(['sdz']), rejectsWith('not-found', /sdz is not tracked/));
-      env.state.db.prepare("DELETE FROM mappings WHERE disk_id = 'disk1'").run();
+      env.state.mappings.delete(env.state.mappings.ofDisk('disk1')!.id);
       await assert.rejects(env.manager.createSnapshot(['disk0', 'disk1']), rejectsWith('not-found', /disk1 has no snapstore mapping/));
       await assertNothingLeft(env);
       const first = await env.manager.createSnapshot(['disk0']);
@@ -157,11 +142,11 @@ export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>
       const first = await env.manager.createSnapshot(['disk0']);
       const full = await env.manager.changes(first.id, 'disk0', {});
       assert.deepEqual(full, { trackedDiskId: 'disk0', snapshotId: first.id, cbtBlockSize: env.cbtBlockSize, backupType: 'full', ranges: [{ offset: 0, length: env.diskSize }] });
-      const { generationId, snapshotNumber } = first.volumes[0]!;
+      const { generationId, snapshotNumber } = first.volumes[0];
       await env.manager.deleteSnapshot(first.id);
 
-      writeDisk(env.disks[0]!.path, 0, pattern(4096, 5));
-      writeDisk(env.disks[0]!.path, 10 * MiB + 1000, pattern(300 * 1024, 6));
+      writeDisk(env.disks[0].path, 0, pattern(4096, 5));
+      writeDisk(env.disks[0].path, 10 * MiB + 1000, pattern(300 * 1024, 6));
       const second = await env.manager.createSnapshot(['disk0']);
       const incremental = await env.manager.changes(second.id, 'disk0', { previousGenerationId: generationId, previousNumber: snapshotNumber });
       assert.equal(incremental.backupType, 'incremental');
@@ -208,25 +193,25 @@ export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>
     test('a snapstore filling up grows by one file per HALFFILL', TIMEOUT, async () => {
       env = await lifecycleEnvOn();
       const snapshot = await env.manager.createSnapshot(['disk0']);
-      const before = (await env.manager.listSnapstores())[0]!.allocatedBytes;
+      const before = (await env.manager.listSnapstores())[0].allocatedBytes;
       // Less than the threshold (one CHUNK) left free: 2 MiB past the point where it is crossed.
       const crossing = before - CHUNK;
-      writeDisk(env.disks[0]!.path, 8 * MiB, pattern(crossing + 2 * MiB, 7));
-      await waitFor(async () => (await env!.manager.listSnapstores())[0]!.allocatedBytes === before + CHUNK);
+      writeDisk(env.disks[0].path, 8 * MiB, pattern(crossing + 2 * MiB, 7));
+      await waitFor(async () => (await env!.manager.listSnapstores())[0].allocatedBytes === before + CHUNK);
       assert.deepEqual((await env.manager.getSnapshot(snapshot.id)).state, { status: 'ok' });
       // HALFFILL came as soon as less than the threshold was free.
-      assert.ok((await env.manager.listSnapstores())[0]!.usedBytes > crossing);
+      assert.ok((await env.manager.listSnapstores())[0].usedBytes > crossing);
     });
 
     test('an overflow fails the snapshot visibly and refuses reads', TIMEOUT, async () => {
       env = await lifecycleEnvOn({ wrapEngine: noGrowth });
       const snapshot = await env.manager.createSnapshot(['disk0']);
       // More copy-on-write than the initial space, which cannot grow.
-      writeDisk(env.disks[0]!.path, 0, pattern(roundToMiB(env.diskSize * 0.2) + 4 * MiB, 8));
+      writeDisk(env.disks[0].path, 0, pattern(roundToMiB(env.diskSize * 0.2) + 4 * MiB, 8));
       await waitFor(async () => (await env!.manager.getSnapshot(snapshot.id)).state.status === 'failed');
       const failed = await env.manager.getSnapshot(snapshot.id);
       assert.match(failed.state.status === 'failed' ? failed.state.reason : '', /ran out of space/);
-      await assert.rejects(env.manager.openImage(snapshot.id, 'disk0'), rejectsWith('conflict', /has failed/));
+      await assert.rejects(env.exports.openByVolume(snapshot.id, 'disk0'), rejectsWith('conflict', /has failed/));
       await env.manager.deleteSnapshot(snapshot.id);
       await assertNothingLeft(env);
     });
@@ -235,7 +220,7 @@ export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>
       env = await lifecycleEnvOn();
       const snapshot = await env.manager.createSnapshot(['disk0', 'disk1']);
       const allocated = (await env.manager.listSnapstores()).map((s) => s.allocatedBytes);
-      writeDisk(env.disks[0]!.path, 0, pattern(MiB, 11));
+      writeDisk(env.disks[0].path, 0, pattern(MiB, 11));
       await env.restart();
       assert.deepEqual(await env.manager.getSnapshot(snapshot.id), snapshot);
       assert.ok((await readImage(env, snapshot.id, 'disk0', 0, MiB)).equals(pattern(MiB, 1)));
@@ -243,7 +228,7 @@ export function lifecycleSuite(name: string, makeMachine: () => Promise<Machine>
       assert.deepEqual((await env.manager.listSnapstores()).map((s) => s.allocatedBytes), allocated);
       await env.manager.deleteSnapshot(snapshot.id);
       await assertNothingLeft(env);
-      assert.ok(readFile(env.disks[0]!.path, 0, MiB).equals(pattern(MiB, 11)), 'the disk itself is untouched');
+      assert.ok(readFile(env.disks[0].path, 0, MiB).equals(pattern(MiB, 11)), 'the disk itself is untouched');
     });
   });
 

@@ -7,24 +7,13 @@ import type { SnapshotEngine } from '../../src/engine/types';
 import { isAgentError } from '../../src/core/errors';
 import { injectFault } from '../../src/core/faults';
 import { lifecycleEnv, snapstoreFiles, type LifecycleEnv } from './helpers/env';
+import { failingCalls } from '../helpers/engine-overrides';
 
 const TIMEOUT = { timeout: 60_000 };
 
 /** An engine whose `method` fails on the calls numbered in `failing` (0 = the first call). */
-function failingCalls(method: keyof SnapshotEngine, failing: number[]) {
-  return (engine: SnapshotEngine): SnapshotEngine => {
-    let calls = 0;
-    return new Proxy(engine, {
-      get(target, property, receiver) {
-        const value = Reflect.get(target, property, receiver);
-        if (typeof value !== 'function') return value;
-        if (property !== method) return value.bind(target);
-        return (...args: unknown[]) => (failing.includes(calls++)
-          ? Promise.reject(Object.assign(new Error(`injected ${String(method)} failure`), { code: 'EIO' }))
-          : value.apply(target, args));
-      },
-    });
-  };
+function failingOn(method: Parameters<typeof failingCalls>[0], failing: number[]) {
+  return failingCalls(method, (call) => failing.includes(call));
 }
 
 /** Applies several engine wrappers, the first innermost. */
@@ -33,8 +22,8 @@ function chain(...wraps: Array<(engine: SnapshotEngine) => SnapshotEngine>) {
 }
 
 async function assertNothingLeft(e: LifecycleEnv): Promise<void> {
-  assert.deepEqual(e.state.snapshots(), []);
-  assert.deepEqual(e.state.snapstores(), []);
+  assert.deepEqual(e.state.snapshots.list(), []);
+  assert.deepEqual(e.state.snapstores.list(), []);
   assert.deepEqual(snapstoreFiles(e), []);
   assert.deepEqual(await e.engine.listSnapshots(), []);
   assert.deepEqual(await e.engine.listImages(), []);
@@ -48,13 +37,13 @@ describe('a rollback that fails', () => {
   }, TIMEOUT);
 
   const cases: Array<{ name: string; wrap?: (engine: SnapshotEngine) => SnapshotEngine; inject?: [string, Error] }> = [
-    { name: 'the kernel refuses to destroy the snapshot', wrap: failingCalls('destroySnapshot', [0]) },
+    { name: 'the kernel refuses to destroy the snapshot', wrap: failingOn('destroySnapshot', [0]) },
     { name: 'a bug (TypeError) after the kernel snapshot is destroyed', inject: ['delete:destroyed', new TypeError("Cannot read properties of undefined (reading 'id')")] },
     { name: 'a database error (FOREIGN KEY) after a snapstore is released', inject: ['delete:released', Object.assign(new Error('FOREIGN KEY constraint failed'), { code: 'SQLITE_CONSTRAINT_FOREIGNKEY' })] },
   ];
   for (const { name, wrap, inject } of cases) {
     test(`${name}: the create answers its own error and the lifecycle goes on`, TIMEOUT, async () => {
-      env = await lifecycleEnv({ wrapEngine: chain(failingCalls('readCbtMap', [1]), wrap ?? ((e) => e)) });
+      env = await lifecycleEnv({ wrapEngine: chain(failingOn('readCbtMap', [1]), wrap ?? ((e) => e)) });
       if (inject !== undefined) injectFault(...inject);
       await assert.rejects(env.manager.createSnapshot(['disk0', 'disk1']), (err: unknown) => {
         assert.ok(isAgentError(err, 'internal'), `got ${String(err)}`);
@@ -63,7 +52,7 @@ describe('a rollback that fails', () => {
       });
       // The same disks: the leftovers are finished first, then the create goes through.
       const again = await env.manager.createSnapshot(['disk0', 'disk1']);
-      assert.deepEqual(env.state.snapshots().map((s) => s.id), [again.id]);
+      assert.deepEqual(env.state.snapshots.list().map((s) => s.id), [again.id]);
       await env.manager.deleteSnapshot(again.id);
       await assertNothingLeft(env);
       // What SIGTERM runs: it returns, nothing is held.
@@ -73,9 +62,9 @@ describe('a rollback that fails', () => {
   }
 
   test('a rollback that keeps failing leaves its disks answering 409, and deletes still answer', TIMEOUT, async () => {
-    env = await lifecycleEnv({ wrapEngine: chain(failingCalls('readCbtMap', [0]), failingCalls('destroySnapshot', [0, 1, 2])) });
+    env = await lifecycleEnv({ wrapEngine: chain(failingOn('readCbtMap', [0]), failingOn('destroySnapshot', [0, 1, 2])) });
     await assert.rejects(env.manager.createSnapshot(['disk0']), (err: unknown) => isAgentError(err, 'internal'));
-    const [left] = env.state.snapshots();
+    const [left] = env.state.snapshots.list();
     assert.ok(left, 'the rollback left its row');
     await assert.rejects(env.manager.createSnapshot(['disk0']), (err: unknown) => isAgentError(err, 'conflict'));
     // The kernel destroys it this time: the delete finishes what the rollback left.

@@ -4,13 +4,14 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { afterEach, describe, test } from 'node:test';
-import type { SimulatedEngine } from '../../src/engine/simulated';
+import type { SimulatedEngine } from '../../src/engine/simulated/engine';
 import type { SnapshotEngine, Snapstore } from '../../src/engine/types';
 import { isAgentError } from '../../src/core/errors';
-import type { AgentService } from '../../src/service';
-import { roundToMiB } from '../../src/watchers/watcher';
+import type { AgentService } from '../../src/api/service';
+import { roundToMiB } from '../../src/storage/allocation';
 import { startServer } from '../api/helpers/server';
 import { CHUNK, lifecycleEnv, MiB, pattern, snapstoreFiles, writeDisk, type LifecycleEnv } from './helpers/env';
+import { withOverrides } from '../helpers/engine-overrides';
 
 const TIMEOUT = { timeout: 60_000 };
 
@@ -39,27 +40,19 @@ class Space {
       this.attempts++;
       if (this.full) throw Object.assign(new Error('injected: no space left on the location'), { code: 'ENOSPC' });
     };
-    return new Proxy(engine, {
-      get: (target, property, receiver) => {
-        const value = Reflect.get(target, property, receiver);
-        if (property === 'addSnapstoreSpace') {
-          return async (...args: Parameters<SnapshotEngine['addSnapstoreSpace']>) => {
-            refuse();
-            return target.addSnapstoreSpace(...args);
-          };
-        }
-        if (property === 'createSnapstore') {
-          return async (...args: Parameters<SnapshotEngine['createSnapstore']>): Promise<Snapstore> => {
-            const snapstore = await target.createSnapstore(...args);
-            const add = snapstore.addDeviceRanges.bind(snapstore);
-            snapstore.addDeviceRanges = async (ranges) => {
-              refuse();
-              return add(ranges);
-            };
-            return snapstore;
-          };
-        }
-        return typeof value === 'function' ? value.bind(target) : value;
+    return withOverrides(engine, {
+      addSnapstoreSpace: async (...args) => {
+        refuse();
+        return engine.addSnapstoreSpace(...args);
+      },
+      createSnapstore: async (...args): Promise<Snapstore> => {
+        const snapstore = await engine.createSnapstore(...args);
+        const add = snapstore.addDeviceRanges.bind(snapstore);
+        snapstore.addDeviceRanges = async (ranges) => {
+          refuse();
+          return add(ranges);
+        };
+        return snapstore;
       },
     });
   };
@@ -73,7 +66,7 @@ async function store(env: LifecycleEnv, diskId = 'disk0') {
 
 /** Copy-on-write of exactly `bytes`: the region from 8 MiB on holds zeros until written. */
 function overwrite(env: LifecycleEnv, from: number, bytes: number, seed: number): void {
-  writeDisk(env.disks[0]!.path, 8 * MiB + from, pattern(bytes, seed));
+  writeDisk(env.disks[0].path, 8 * MiB + from, pattern(bytes, seed));
 }
 
 describe('snapstores', () => {
@@ -108,10 +101,7 @@ describe('snapstores', () => {
     const known = await store(env);
     assert.equal(known.usedBytes, 6 * MiB);
     // veeamsnap after a restart: the module has no fill query and the old pipe's events are lost.
-    await env.restart((engine) => new Proxy(engine, {
-      get: (target, property, receiver) => (property === 'snapstoreUsage' ? async () => null
-        : ((value) => (typeof value === 'function' ? value.bind(target) : value))(Reflect.get(target, property, receiver))),
-    }));
+    await env.restart((engine) => withOverrides(engine, { snapstoreUsage: async () => null }));
     const after = await store(env);
     assert.equal(after.usedBytes, 6 * MiB, 'not 0');
     assert.deepEqual(after.usedBytesAsOf, known.usedBytesAsOf);
@@ -152,11 +142,11 @@ describe('snapstores', () => {
     space.full = true;
     overwrite(env, 0, initial - CHUNK + 2 * MiB, 50);
     await waitFor('the snapstore is at risk', async () => (await store(env!)).atRisk !== null);
-    const failed = once(env.manager, 'failed', { signal: AbortSignal.timeout(20_000) });
+    const failed = once(env.exports, 'failed', { signal: AbortSignal.timeout(20_000) });
     overwrite(env, initial - CHUNK + 2 * MiB, CHUNK, 51);
-    const [, reason] = await failed;
-    assert.match(reason as string, /ran out of space/);
-    assert.match(reason as string, /is full/, 'the stalled growth is named as the cause');
+    const [, reason] = (await failed) as [string, string];
+    assert.match(reason, /ran out of space/);
+    assert.match(reason, /is full/, 'the stalled growth is named as the cause');
     assert.equal((await env.manager.getSnapshot(snapshot.id)).atRisk, null, 'past risk: failed');
     assert.deepEqual(env.manager.atRiskSnapstores(), []);
 
@@ -166,7 +156,9 @@ describe('snapstores', () => {
     // Several retry periods (100 ms in this environment) pass without a single attempt.
     await sleep(1000);
     assert.equal(space.attempts, tries, 'no growth attempt for a dead snapstore');
-    assert.deepEqual(snapstoreFiles(env), files);
+    // A growth already under way when the snapshot failed may still remove the file it had
+    // started; nothing new may appear.
+    assert.deepEqual(snapstoreFiles(env).filter((file) => !files.includes(file)), [], 'no new snapstore file');
     assert.equal((await store(env)).allocatedBytes, initial);
   });
 
@@ -179,8 +171,8 @@ describe('snapstores', () => {
       assert.match(err.message, new RegExp(`^snapstore location ${env!.location} is full: the snapstore of disk0 needs \\d+ more bytes$`));
       return true;
     });
-    assert.deepEqual(env.state.snapshots(), []);
-    assert.deepEqual(env.state.snapstores(), []);
+    assert.deepEqual(env.state.snapshots.list(), []);
+    assert.deepEqual(env.state.snapstores.list(), []);
     assert.deepEqual(snapstoreFiles(env), []);
     assert.deepEqual(await env.engine.listSnapshots(), []);
     space.full = false;
@@ -233,7 +225,7 @@ describe('snapstores', () => {
   describe('a read racing an overflow', () => {
     /** Opens a reader while the snapshot is fine, then overflows its snapstore before the first read. */
     async function overflowAfterOpen(e: LifecycleEnv, space: Space, snapshotId: string) {
-      const reader = await e.manager.openImage(snapshotId, 'disk0');
+      const reader = await e.exports.openByVolume(snapshotId, 'disk0');
       space.full = true;
       overwrite(e, 0, roundToMiB(e.diskSize * 0.2) + 4 * MiB, 60);
       // The engine notices the overflow now, between the open and the read (a scan already under
@@ -255,7 +247,7 @@ describe('snapstores', () => {
       };
       await assert.rejects(reader.read(0, MiB), conflict);
       await reader.close();
-      await assert.rejects(env.manager.openImage(snapshot.id, 'disk0'), conflict);
+      await assert.rejects(env.exports.openByVolume(snapshot.id, 'disk0'), conflict);
     });
 
     test('a download that started just before answers 409, not 500', TIMEOUT, async () => {

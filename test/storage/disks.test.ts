@@ -5,9 +5,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { DeviceId } from '../../src/engine/types';
-import { DiskCatalog, diskToJSON, eligibleDisks, type Disk, type ListOptions } from '../../src/storage/disks';
-import { showDevice } from '../../src/core/devices';
+import { showDevice, type DeviceId } from '../../src/core/devices';
+import { diskToJSON } from '../../src/api/json';
+import { DiskCatalog } from '../../src/storage/catalog';
+import { eligibleDisks, type Disk, type ListOptions } from '../../src/storage/disks';
 import { fileSystemDevice } from '../../src/host/sysfs';
 import { fakeBlkid, fakeSysfs, recordingLogger, type FakeDevice } from './helpers';
 import type { BlkidValues } from '../../src/host/blkid';
@@ -123,8 +124,8 @@ describe('disk discovery (fake sysfs)', () => {
     assert.equal(nvme.size, 4 * 1024 ** 3);
     assert.equal(nvme.logicalSectorSize, 4096);
     assert.equal(nvme.physicalSectorSize, 4096);
-    assert.equal(nvme.partitions[0]!.startSector512, 2048);
-    assert.equal(diskToJSON(nvme).partitions![0]!.end_sector, 8 * 1024 * 1024 - 2049);
+    assert.equal(nvme.partitions[0].startSector512, 2048);
+    assert.equal(diskToJSON(nvme).partitions![0].end_sector, 8 * 1024 * 1024 - 2049);
   });
 
   it('orders partitions by number, not by name', async () => {
@@ -138,9 +139,9 @@ describe('disk discovery (fake sysfs)', () => {
       devices: [disk('cciss!c0d0', '104:0', { partitions: [{ name: 'cciss!c0d0p1', dev: '104:1', start: 2048, size: 2048 }] })],
     });
     const [cciss] = await catalog.list();
-    assert.equal(cciss!.name, 'cciss!c0d0');
-    assert.equal(cciss!.path, path.join(devRoot, 'cciss/c0d0'));
-    assert.equal(cciss!.partitions[0]!.path, path.join(devRoot, 'cciss/c0d0p1'));
+    assert.equal(cciss.name, 'cciss!c0d0');
+    assert.equal(cciss.path, path.join(devRoot, 'cciss/c0d0'));
+    assert.equal(cciss.partitions[0].path, path.join(devRoot, 'cciss/c0d0p1'));
   });
 
   it('hides virtual devices unless includeVirtual, and devices without a medium always', async () => {
@@ -277,11 +278,11 @@ describe('disk discovery (fake sysfs)', () => {
       },
     });
     const [sda, sdb] = await catalog.list();
-    assert.equal(sda!.partitionTableType, '');
-    assert.equal(sda!.partitions[0]!.filesystemType, 'ext4');
-    assert.equal(sdb!.partitionTableUuid, '73ac85a2');
-    assert.equal(sdb!.partitions[0]!.filesystemType, '');
-    assert.equal(sdb!.partitions[0]!.sectors512, 2048);
+    assert.equal(sda.partitionTableType, '');
+    assert.equal(sda.partitions[0].filesystemType, 'ext4');
+    assert.equal(sdb.partitionTableUuid, '73ac85a2');
+    assert.equal(sdb.partitions[0].filesystemType, '');
+    assert.equal(sdb.partitions[0].sectors512, 2048);
     assert.equal(logger.warnings().length, 2);
   });
 

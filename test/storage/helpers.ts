@@ -118,13 +118,16 @@ export interface RecordingLogger {
   warnings(): string[];
 }
 
+/** The device a record names, or nothing. */
+const named = (value: unknown): string => (typeof value === 'string' ? value : '');
+
 export function recordingLogger(): RecordingLogger {
   const records: RecordingLogger['records'] = [];
   const log = bunyan.createLogger({
     name: 'test',
-    streams: [{ type: 'raw', level: 'debug', stream: { write: (record: unknown) => { records.push(record as RecordingLogger['records'][0]); } } as never }],
+    streams: [{ type: 'raw', level: 'debug', stream: { write: (record: unknown) => { records.push(record as RecordingLogger['records'][0]); } } }],
   });
-  return { log, records, warnings: () => records.filter((r) => r.level === bunyan.WARN).map((r) => `${String(r.device ?? r.disk ?? '')}: ${r.msg}`) };
+  return { log, records, warnings: () => records.filter((r) => r.level === bunyan.WARN).map((r) => `${named(r.device ?? r.disk)}: ${r.msg}`) };
 }
 
 export function sh(command: string, args: string[], input?: string): string {

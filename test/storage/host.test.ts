@@ -5,8 +5,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { DiskCatalog, diskToJSON } from '../../src/storage/disks';
-import { locationStatus, locationToJSON, requireBlockDevice, resolveLocation } from '../../src/storage/locations';
+import { diskToJSON, locationToJSON } from '../../src/api/json';
+import { DiskCatalog } from '../../src/storage/catalog';
+import { locationStatus, requireBlockDevice, resolveLocation } from '../../src/storage/locations';
 import { blockDeviceNumber, dfBytes, findCommand, loopDevicesUnavailable, mount, type Mount } from '../native/helpers/loop';
 import { attachPartitionedLoop, partitionImage, recordingLogger, sh } from './helpers';
 
@@ -65,8 +66,8 @@ describe('storage on real block devices', { skip }, () => {
       partition_type: '0fc63daf-8483-4772-8e79-3d69d8477de4', label: 'snapstores', filesystem_type: 'ext4',
       start_sector: 2048, end_sector: 67583, alignment_offset: 0, device_major: p1Device.major, device_minor: p1Device.minor,
     });
-    assert.equal(p2!.filesystem_type, 'swap');
-    assert.equal(p2!.partition_type, '0657fd6d-a4ab-43c4-84e5-0933c84b4f4f');
+    assert.equal(p2.filesystem_type, 'swap');
+    assert.equal(p2.partition_type, '0657fd6d-a4ab-43c4-84e5-0933c84b4f4f');
     assert.equal((await catalog.get(name))!.partitions.length, 2);
     assert.equal((await catalog.byDevice(loop!))!.name, name);
   });
@@ -107,7 +108,7 @@ describe('storage on real block devices', { skip }, () => {
       const location = await resolveLocation(shm);
       assert.equal(location.device.major, 0);
       assert.equal(location.devicePath, '');
-      assert.throws(() => requireBlockDevice(location), { name: 'LocationError', code: 'ERR_NO_BLOCK_DEVICE', message: /without a block device/ });
+      assert.throws(() => requireBlockDevice(location), { name: 'AgentError', kind: 'invalid', code: 'ENOTBLK', message: /without a block device/ });
       const json = locationToJSON(await locationStatus(location, 0));
       assert.ok(json.total_capacity > 0);
       assert.equal(json.device_path, '');

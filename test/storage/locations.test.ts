@@ -4,7 +4,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { locationStatus, locationToJSON, requireBlockDevice, resolveLocation } from '../../src/storage/locations';
+import { locationToJSON } from '../../src/api/json';
+import { locationStatus, requireBlockDevice, resolveLocation } from '../../src/storage/locations';
 import { showDevice } from '../../src/core/devices';
 import { fileSystemDevice } from '../../src/host/sysfs';
 import { fakeSysfs } from './helpers';
@@ -39,7 +40,7 @@ describe('snapstore locations', () => {
 
   it('refuses anonymous devices (major 0) only when asked', () => {
     const location = { path: '/srv/btrfs', device: { major: 0, minor: 42 }, devicePath: '' };
-    assert.throws(() => requireBlockDevice(location), { code: 'ERR_NO_BLOCK_DEVICE', message: /\/srv\/btrfs.*0:42/ });
+    assert.throws(() => requireBlockDevice(location), { kind: 'invalid', code: 'ENOTBLK', message: /\/srv\/btrfs.*0:42/ });
   });
 
   it('reads capacity live and maps it to the wire JSON', async () => {

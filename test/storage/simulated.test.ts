@@ -4,8 +4,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { SIMULATED_DISK_MAJOR } from '../../src/engine/simulated';
-import { diskToJSON, eligibleDisks, SimulatedDiskCatalog, simulatedDisks, type SimulatedDiskEntry } from '../../src/storage/disks';
+import { SIMULATED_DISK_MAJOR } from '../../src/engine/simulated/model';
+import { diskToJSON } from '../../src/api/json';
+import { eligibleDisks } from '../../src/storage/disks';
+import { SimulatedDiskCatalog, simulatedDisks, type SimulatedDiskEntry } from '../../src/storage/simulated-catalog';
 import { attachLoopDevice, findCommand, loopDevicesUnavailable } from '../native/helpers/loop';
 import { partitionImage, recordingLogger, sh } from './helpers';
 
@@ -108,8 +110,8 @@ describe('simulated disks', () => {
     const file = image('probe.img', MiB);
     const logger = recordingLogger();
     const disks = await simulatedDisks(entries([file]), { log: logger.log, blkid: async () => { throw new Error('blkid broke'); } });
-    assert.equal(disks[0]!.name, 'probe');
-    assert.equal(disks[0]!.partitionTableType, '');
+    assert.equal(disks[0].name, 'probe');
+    assert.equal(disks[0].partitionTableType, '');
     assert.equal(logger.warnings().length, 1);
   });
 
@@ -117,11 +119,11 @@ describe('simulated disks', () => {
     const loop = attachLoopDevice(image('loop.img', 8 * MiB));
     try {
       const [disk] = await simulatedDisks([{ path: loop.path, device: { major: loop.major, minor: loop.minor } }], { log: recordingLogger().log });
-      assert.equal(disk!.name, path.basename(loop.path));
-      assert.equal(disk!.path, loop.path);
-      assert.deepEqual(disk!.device, { major: loop.major, minor: loop.minor });
-      assert.equal(disk!.size, 8 * MiB);
-      assert.equal(disk!.isVirtual, false);
+      assert.equal(disk.name, path.basename(loop.path));
+      assert.equal(disk.path, loop.path);
+      assert.deepEqual(disk.device, { major: loop.major, minor: loop.minor });
+      assert.equal(disk.size, 8 * MiB);
+      assert.equal(disk.isVirtual, false);
     } finally {
       loop.detach();
     }

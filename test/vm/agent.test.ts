@@ -13,14 +13,12 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { test } from 'node:test';
 import { generateCertificates } from '../../src/cli/gen-certs';
-import { BlksnapEngine } from '../../src/engine/blksnap';
 import { selectEngine } from '../../src/engine/select';
-import type { SnapshotEngine } from '../../src/engine/types';
-import { VeeamsnapEngine } from '../../src/engine/veeamsnap';
 import { Command } from '../../src/nbd/wire';
 import { findCommand } from '../native/helpers/loop';
 import { connectReady, run } from '../nbd/helpers/server';
 import { blksnapLoaded, guestDisks, veeamsnapLoaded, vmSkipReason } from './run';
+import { moduleEngine } from './modules';
 
 const MiB = 1024 * 1024;
 const ENGINE = process.env.AGENT_ENGINE || 'veeamsnap';
@@ -82,21 +80,14 @@ function step(message: string): void {
   process.stderr.write(`agent.test: ${new Date().toISOString().slice(11, 19)} ${message}\n`);
 }
 
-/** The engine the agent drives, for the test's own cleanup. */
-async function engineFor(kind: string, stateDir: string): Promise<SnapshotEngine> {
-  const chosen = kind === 'auto' ? (await selectEngine('auto')).engine : kind;
-  if (chosen === 'veeamsnap') return new VeeamsnapEngine({ stateDir });
-  if (chosen === 'blksnap') return new BlksnapEngine({ stateDir });
-  throw new Error(`agent.test.ts cannot clean up after engine ${kind}: add it to engineFor()`);
-}
-
 /**
  * The agent leaves its trackers in the kernel on purpose (they outlive it); the test files that
  * run next in this VM expect untracked disks.
  */
 async function stopAllTracking(stateDir: string): Promise<void> {
-  const engine = await engineFor(ENGINE, stateDir);
-  await engine.start();
+  const kind = ENGINE === 'auto' ? (await selectEngine('auto')).engine : ENGINE;
+  if (kind !== 'veeamsnap' && kind !== 'blksnap') throw new Error(`agent.test.ts cannot clean up after engine ${kind}`);
+  const engine = await moduleEngine(kind, stateDir);
   try {
     for (const tracker of await engine.listTrackers()) await engine.stopTracking(tracker.device);
   } finally {
@@ -115,7 +106,7 @@ function startAgent(config: string): Promise<Agent> {
   const child = spawn(process.execPath, [main, 'serve', '--config', config], { stdio: ['ignore', 'inherit', 'pipe'] });
   let log = '';
   return new Promise((resolve, reject) => {
-    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
       log += chunk;
       // Whole lines only: the last one may still be arriving.
       if (log.split('\n').slice(0, -1).some((line) => /^\{.*"msg":"agent ready"/.test(line))) resolve({ child, stderr: () => log });
@@ -128,7 +119,7 @@ test(`the whole agent (${ENGINE}) serves a live ext4 disk's snapshots over HTTPS
   { skip: skipReason(), timeout: 40 * 60_000 }, async (t) => {
     const [origin] = guestDisks().filter((d) => d.role === 'origin');
     const store = guestDisks().find((d) => d.role === 'store')!;
-    const disk = path.basename(origin!.device);
+    const disk = path.basename(origin.device);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'csa-vm-agent-'));
     const undo: Array<() => unknown> = [];
     t.after(async () => {
@@ -138,10 +129,10 @@ test(`the whole agent (${ENGINE}) serves a live ext4 disk's snapshots over HTTPS
 
     // The origin: ext4, mounted, written to throughout. The store disk holds the snapstores and,
     // beside them, the copies (the guest's /tmp is memory).
-    step(`ext4 on ${origin!.device} (written to) and ${store.device} (snapstores, copies)`);
+    step(`ext4 on ${origin.device} (written to) and ${store.device} (snapstores, copies)`);
     const live = path.join(dir, 'live');
     const storeMount = path.join(dir, 'store');
-    for (const [device, mountPoint] of [[origin!.device, live], [store.device, storeMount]] as const) {
+    for (const [device, mountPoint] of [[origin.device, live], [store.device, storeMount]] as const) {
       sh('mkfs.ext4', '-q', '-F', device);
       fs.mkdirSync(mountPoint);
       sh('mount', device, mountPoint);
@@ -226,9 +217,9 @@ port = ${NBD_PORT}
     };
 
     const disks = await json<Array<{ id?: string; path: string }>>('GET', '/disks/');
-    const diskId = disks.find((d) => d.path === origin!.device)?.id;
-    assert.ok(diskId, `${origin!.device} is tracked: ${q(disks)}`);
-    const size = origin!.sizeBytes;
+    const diskId = disks.find((d) => d.path === origin.device)?.id;
+    assert.ok(diskId, `${origin.device} is tracked: ${q(disks)}`);
+    const size = origin.sizeBytes;
 
     // Snapshot 1, copied over HTTPS and over NBD while the writer goes on.
     assert.equal(writer.exitCode, null, 'the writer is at work');
@@ -262,7 +253,7 @@ port = ${NBD_PORT}
     step('e2fsck of the copy');
     const check = await run('e2fsck', ['-fn', viaHttps], { timeoutMs: 10 * 60_000 });
     assert.equal(check.code, 0, `e2fsck -fn of the first copy:\n${check.stdout}${check.stderr}`);
-    const { generation_id: generation, snapshot_number: number } = first.volume_snapshots[0]!;
+    const { generation_id: generation, snapshot_number: number } = first.volume_snapshots[0];
     await json('DELETE', `/snapshots/${first.snapshot_id}/`);
 
     // Snapshot 2: only the changed ranges travel, onto the first copy.

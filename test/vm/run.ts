@@ -65,7 +65,7 @@ export function guestDisks(): Array<VmDiskSpec & { device: string }> {
   if (devices.length !== VM_DISK_LAYOUT.length) {
     throw new Error(`VM_DISKS='${process.env.VM_DISKS ?? ''}': expected ${VM_DISK_LAYOUT.length} disks`);
   }
-  return VM_DISK_LAYOUT.map((spec, i) => ({ ...spec, device: devices[i]! }));
+  return VM_DISK_LAYOUT.map((spec, i) => ({ ...spec, device: devices[i] }));
 }
 
 // ------------------------------------------------------------------------------------------

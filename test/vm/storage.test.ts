@@ -8,7 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { silentLogger } from '../../src/core/log';
-import { DiskCatalog, diskToJSON } from '../../src/storage/disks';
+import { diskToJSON } from '../../src/api/json';
+import { DiskCatalog } from '../../src/storage/catalog';
 import { decodeDeviceNumber } from '../../src/host/sysfs';
 import { findCommand } from '../native/helpers/loop';
 import { attachPartitionedLoop, partitionImage } from '../storage/helpers';
@@ -57,7 +58,7 @@ describe('disk discovery with dm, md and LVM (VM)', { skip: skipReason() }, () =
     }
     // LVM on md RAID1 on the first partitions of a and b; the destination is on one LV.
     sh('mdadm', '--create', '/dev/md/cstore', '--run', '--assume-clean', '--metadata=1.2', '--level=1', '--raid-devices=2',
-      disks.a.partitions[0]!, disks.b.partitions[0]!);
+      disks.a.partitions[0], disks.b.partitions[0]);
     names.md = kernelName('/dev/md/cstore');
     undo.push(() => sh('mdadm', '--stop', '/dev/md/cstore'));
     sh('lvm', 'pvcreate', '--config', LVM_CONFIG, '-q', '/dev/md/cstore');
@@ -77,7 +78,7 @@ describe('disk discovery with dm, md and LVM (VM)', { skip: skipReason() }, () =
     // Swap through dm: on c's second partition (c also has data), and on d's only partition. The
     // dm device starts 8 sectors in, as dm-crypt's payload does, so the partitions themselves
     // carry no swap signature: only /proc/swaps tells.
-    for (const [letter, partition] of [['c', disks.c.partitions[1]!], ['d', disks.d.partitions[0]!]] as const) {
+    for (const [letter, partition] of [['c', disks.c.partitions[1]], ['d', disks.d.partitions[0]]] as const) {
       const table = `0 ${Number(sh('blockdev', '--getsz', partition)) - 8} linear ${partition} 8`;
       const dm = `cswap${letter}`;
       execFileSync(findCommand('dmsetup')!, ['create', dm], { input: table });
@@ -87,7 +88,7 @@ describe('disk discovery with dm, md and LVM (VM)', { skip: skipReason() }, () =
       undo.push(() => sh('swapoff', `/dev/mapper/${dm}`));
       names[`swap${letter}`] = kernelName(`/dev/mapper/${dm}`);
     }
-    sh('mkfs.ext4', '-q', disks.c.partitions[0]!);
+    sh('mkfs.ext4', '-q', disks.c.partitions[0]);
   });
 
   after(() => {
@@ -103,11 +104,11 @@ describe('disk discovery with dm, md and LVM (VM)', { skip: skipReason() }, () =
   it('excludes every device beneath the destination, through LVM, md and partitions', async () => {
     const catalog = new DiskCatalog({ log: silentLogger(), destinations: [destination] });
     const excluded = await catalog.excludedDevices();
-    const expected = [names.store!, names.md!, names.a!, names.b!, `${names.a}p1`, `${names.b}p1`];
+    const expected = [names.store, names.md, names.a, names.b, `${names.a}p1`, `${names.b}p1`];
     assert.deepEqual([...excluded].sort(), expected.sort());
     const listed = (await catalog.list({ includeVirtual: true, includeSwap: true })).map((d) => d.name);
-    for (const name of [names.a, names.b, names.md, names.store]) assert.ok(!listed.includes(name!), `${name} is not listed: ${listed.join(' ')}`);
-    const other = (await catalog.get(names.other!))!;
+    for (const name of [names.a, names.b, names.md, names.store]) assert.ok(!listed.includes(name), `${name} is not listed: ${listed.join(' ')}`);
+    const other = (await catalog.get(names.other))!;
     assert.ok(other, 'the other LV of the VG is not beneath the destination');
     assert.deepEqual(diskToJSON(other).device_slaves, [`/dev/${names.md}`]);
     assert.equal(other.isVirtual, true);
@@ -116,12 +117,12 @@ describe('disk discovery with dm, md and LVM (VM)', { skip: skipReason() }, () =
   it('hides a disk whose only partition is swap through dm, and keeps one with data next to swap', async () => {
     const catalog = new DiskCatalog({ log: silentLogger(), destinations: [destination] });
     const listed = (await catalog.list({ includeVirtual: true })).map((d) => d.name);
-    assert.ok(listed.includes(names.c!), `${names.c} (data and swap) is listed: ${listed.join(' ')}`);
-    assert.ok(!listed.includes(names.d!), `${names.d} (swap only) is hidden`);
-    assert.ok(!listed.includes(names.swapd!), 'the swap dm device itself is hidden');
+    assert.ok(listed.includes(names.c), `${names.c} (data and swap) is listed: ${listed.join(' ')}`);
+    assert.ok(!listed.includes(names.d), `${names.d} (swap only) is hidden`);
+    assert.ok(!listed.includes(names.swapd), 'the swap dm device itself is hidden');
     const withSwap = (await catalog.list({ includeVirtual: true, includeSwap: true })).map((d) => d.name);
-    assert.ok(withSwap.includes(names.d!) && withSwap.includes(names.swapd!), withSwap.join(' '));
-    assert.equal((await catalog.get(names.d!))!.partitions[0]!.filesystemType, '', 'no signature on the partition itself');
+    assert.ok(withSwap.includes(names.d) && withSwap.includes(names.swapd), withSwap.join(' '));
+    assert.equal((await catalog.get(names.d))!.partitions[0].filesystemType, '', 'no signature on the partition itself');
   });
 
   it('lists the virtio disks as physical disks by default', async () => {

@@ -115,7 +115,7 @@ export function chooseKernel(requested: string | undefined, modules: VmModule[])
   if (wanted.length > 1) throw new VmError(`the modules were built for different kernels: ${wanted.join(', ')}`);
   if (wanted.length === 1) {
     const [release] = wanted as [string];
-    if (!release) throw new VmError(`${modules[0]!.file}: no vermagic, so no kernel to boot for it`);
+    if (!release) throw new VmError(`${modules[0].file}: no vermagic, so no kernel to boot for it`);
     if (!installed.includes(release)) throw new VmError(`the modules were built for ${release}, which is not installed: ${hint}`);
     return release;
   }
@@ -130,7 +130,7 @@ function readModule(file: string): Buffer {
   const unpacker = file.endsWith('.ko.xz') ? 'xz' : file.endsWith('.ko.zst') ? 'zstd' : undefined;
   if (!unpacker) return fs.readFileSync(file);
   const result = spawnSync(unpacker, ['-dc', file], { maxBuffer: 1 << 30 });
-  if (result.status !== 0) throw new VmError(`cannot unpack ${file} with ${unpacker}: ${result.error?.message ?? result.stderr}`);
+  if (result.status !== 0) throw new VmError(`cannot unpack ${file} with ${unpacker}: ${result.error?.message ?? result.stderr.toString()}`);
   return result.stdout;
 }
 
@@ -346,9 +346,9 @@ function kernelImage(release: string, log: (message: string) => void): string {
   const data = fs.readFileSync(bzImage);
   for (const { magic, tool } of KERNEL_PACKERS) {
     const at = data.indexOf(magic);
-    if (at < 0 || !onPath(tool[0]!)) continue;
+    if (at < 0 || !onPath(tool[0])) continue;
     // The packed kernel is followed by other data: the tool may complain, the ELF is what counts.
-    const unpacked = spawnSync(tool[0]!, tool.slice(1), { input: data.subarray(at), maxBuffer: 1 << 30 }).stdout;
+    const unpacked = spawnSync(tool[0], tool.slice(1), { input: data.subarray(at), maxBuffer: 1 << 30 }).stdout;
     if (unpacked?.subarray(0, 4).equals(Buffer.from('\x7fELF', 'latin1'))) {
       try {
         fs.mkdirSync(cacheDir, { recursive: true });
@@ -570,7 +570,7 @@ async function cli(argv: string[]): Promise<number> {
   for (const pair of values.env ?? []) {
     const match = /^([A-Za-z_]\w*)=(.*)$/s.exec(pair);
     if (!match) throw new VmError(`--env wants NAME=VALUE, got ${pair}`);
-    env[match[1]!] = match[2]!;
+    env[match[1]] = match[2]!;
   }
   const timeout = values.timeout === undefined ? undefined : Number(values.timeout);
   if (timeout !== undefined && !(Number.isInteger(timeout) && timeout >= 0)) throw new VmError(`--timeout wants whole seconds, got ${values.timeout}`);
@@ -583,7 +583,7 @@ async function cli(argv: string[]): Promise<number> {
     disks: values.disk,
     modules: (values.insmod ?? []).map((word) => {
       const [file, ...params] = word.trim().split(/\s+/);
-      return { file: file!, params: params.join(' ') };
+      return { file: file, params: params.join(' ') };
     }),
     shares: values.share ?? (process.cwd() === '/' ? [] : [process.cwd()]),
     env,

@@ -2,13 +2,13 @@
 // from those files with the real O_DIRECT reader, and every argument the API passes is recorded
 // so tests can check what validation handed over.
 import type { HealthProbes } from '../../../src/api/health';
-import type { ImageReader } from '../../../src/engine/types';
-import { conflict, invalid, notFound } from '../../../src/core/errors';
+import type { ImageReader } from '../../../src/core/image';
+import { conflict, notFound } from '../../../src/core/errors';
 import { DirectReader } from '../../../src/native/reader';
-import type {
-  AgentService, ChangesRequest, Disk, DiskEntry, DiskListOptions, LocationInfo, MappingInfo, Snapshot,
-  SnapshotChanges, SnapstoreInfo,
-} from '../../../src/service';
+import type { AgentService } from '../../../src/api/service';
+import type { DiskEntry, DiskListOptions, LocationInfo, MappingInfo } from '../../../src/inventory/types';
+import type { ChangesRequest, Snapshot, SnapshotChanges, SnapstoreInfo } from '../../../src/snapshots/types';
+import type { Disk } from '../../../src/storage/disks';
 
 export interface FakeDiskSpec {
   name: string;
@@ -66,7 +66,7 @@ export class FakeAgentService implements AgentService {
   readonly snapshots = new Map<string, Snapshot>();
   readonly mappings: MappingInfo[] = [];
   readonly locations: LocationInfo[] = [{
-    path: LOCATION, devicePath: '/dev/vdb1', major: 252, minor: 17, totalBytes: 42006183936, availableBytes: 39791616000, allocatedBytes: 0,
+    path: LOCATION, devicePath: '/dev/vdb1', device: { major: 252, minor: 17 }, totalBytes: 42006183936, availableBytes: 39791616000, allocatedBytes: 0,
   }];
   /** Readers opened and not yet closed. */
   openReaders = 0;
@@ -121,14 +121,9 @@ export class FakeAgentService implements AgentService {
 
   async createSnapshot(trackedDiskIds: string[]): Promise<Snapshot> {
     this.calls.createSnapshot.push(trackedDiskIds);
-    if (trackedDiskIds.length === 0) throw invalid('no disks');
+    // The agent's own refusals (no mapping, a disk already in a snapshot...) are tested on the
+    // real agent (test/e2e/refusals.test.ts); this stand-in only knows its disks.
     const items = trackedDiskIds.map((id) => this.tracked(id));
-    for (const { spec } of items) {
-      if (!this.mappings.some((mapping) => mapping.trackedDiskId === spec.name)) throw notFound(`mapping for device ID ${spec.name} not found`);
-      for (const snapshot of this.snapshots.values()) {
-        if (snapshot.volumes.some((volume) => volume.trackedDiskId === spec.name)) throw conflict(`disk ${spec.name} already has a snapshot`);
-      }
-    }
     const id = String(this.nextId++);
     const snapshot: Snapshot = {
       id,
@@ -145,8 +140,9 @@ export class FakeAgentService implements AgentService {
         sizeBytes: spec.size,
       })),
       exports: items.map(({ spec }) => ({
-        nbdExportName: `${id}/${spec.name}`,
+        name: `${id}/${spec.name}`,
         httpPath: `/api/v1/snapshots/${id}/consume/${spec.name}`,
+        snapshotId: id,
         trackedDiskId: spec.name,
       })),
     };
@@ -230,9 +226,6 @@ export class FakeAgentService implements AgentService {
 
   async createMapping(trackedDiskId: string, locationPath: string): Promise<MappingInfo> {
     this.tracked(trackedDiskId);
-    if (!this.locations.some((location) => location.path === locationPath)) throw notFound(`path ${locationPath} not found`);
-    const existing = this.mappings.find((mapping) => mapping.trackedDiskId === trackedDiskId);
-    if (existing !== undefined) throw conflict(`disk ${trackedDiskId} already has a snap store mapping: ${existing.id}`);
     const mapping = { id: `mapping-${trackedDiskId}`, trackedDiskId, storageLocation: locationPath };
     this.mappings.push(mapping);
     return mapping;

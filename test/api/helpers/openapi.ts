@@ -16,7 +16,7 @@ const doc = OPENAPI as unknown as {
 };
 
 const ajv = new Ajv2020({ strict: false, allErrors: true, validateFormats: false });
-ajv.addSchema(OPENAPI as object, 'openapi');
+ajv.addSchema(OPENAPI, 'openapi');
 
 const pointer = (...parts: string[]): string => parts.map((part) => part.replace(/~/g, '~0').replace(/\//g, '~1')).join('/');
 
@@ -48,7 +48,7 @@ export function openApiProblems(answer: Answer): string[] {
   const method = answer.method.toLowerCase();
   // HEAD is answered wherever GET is (info.description).
   const operationName = template === undefined ? undefined
-    : doc.paths[template]![method] !== undefined ? method : method === 'head' ? 'get' : undefined;
+    : doc.paths[template][method] !== undefined ? method : method === 'head' ? 'get' : undefined;
   let responsePointer: string;
   let response: ResponseObject | undefined;
   if (template === undefined || operationName === undefined) {
@@ -58,7 +58,7 @@ export function openApiProblems(answer: Answer): string[] {
     responsePointer = pointer('components', 'responses', 'Error');
     response = doc.components.responses.Error;
   } else {
-    const responses = doc.paths[template]![operationName]!.responses;
+    const responses = doc.paths[template][operationName].responses;
     // `default` covers refusals; every success must be described as such.
     if (answer.status < 400 && !(String(answer.status) in responses)) return [`${where}: status not described`];
     const status = String(answer.status) in responses ? String(answer.status) : 'default';
@@ -72,7 +72,7 @@ export function openApiProblems(answer: Answer): string[] {
   }
   if (response === undefined) return [`${where}: not described`];
   if (answer.method === 'HEAD' || response.content === undefined) return [];
-  const mediaType = (answer.contentType ?? '').split(';')[0]!.trim().toLowerCase();
+  const mediaType = (answer.contentType ?? '').split(';')[0].trim().toLowerCase();
   const media = response.content[mediaType];
   if (media === undefined) return [`${where}: Content-Type ${answer.contentType} is not one of ${Object.keys(response.content).join(', ')}`];
   if (mediaType !== 'application/json' || media.schema === undefined) return [];

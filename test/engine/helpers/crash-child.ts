@@ -5,13 +5,13 @@ import { snapstoresFor, startEngine } from './model';
 
 async function main(): Promise<void> {
   const [dir, action, handle] = process.argv.slice(2);
-  const engine = await startEngine(dir!);
+  const engine = await startEngine(dir);
   const devices = engine.disks().map((d) => d.device);
   if (action === 'snapshot') {
     await snapstoresFor(engine, devices);
     process.stdout.write(`${(await engine.createSnapshot(devices)).handle}\n`);
   } else if (action === 'destroy') {
-    await engine.destroySnapshot(handle!);
+    await engine.destroySnapshot(handle);
   } else {
     throw new Error(`unknown action ${action}`);
   }

@@ -3,8 +3,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { SimulatedEngine } from '../../../src/engine/simulated';
-import type { DeviceId, SnapshotEngine } from '../../../src/engine/types';
+import { SimulatedEngine } from '../../../src/engine/simulated/engine';
+import type { DeviceId } from '../../../src/core/devices';
+import type { SnapshotEngine } from '../../../src/engine/types';
 
 export const MiB = 1024 * 1024;
 export const DISK_SIZE = 16 * MiB;

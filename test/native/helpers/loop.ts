@@ -41,7 +41,7 @@ export function loopDevicesUnavailable(): string | undefined {
 export function blockDeviceNumber(devicePath: string): DeviceId {
   const [major, minor] = fs.readFileSync(`/sys/class/block/${path.basename(devicePath)}/dev`, 'utf8')
     .trim().split(':').map(Number);
-  return { major: major!, minor: minor! };
+  return { major: major, minor: minor };
 }
 
 /** major:minor of the device holding a file's filesystem (st_dev, glibc encoding). */
@@ -173,7 +173,7 @@ export function fragmentFreeSpace(dir: string): void {
 
 /** `df -B1` of a directory: the numbers statvfs gives, as df computes them. */
 export function dfBytes(dir: string): { size: number; used: number; avail: number } {
-  const line = run('df', ['-B1', '--output=size,used,avail', dir]).split('\n')[1]!;
+  const line = run('df', ['-B1', '--output=size,used,avail', dir]).split('\n')[1];
   const [size, used, avail] = line.trim().split(/\s+/).map(Number);
-  return { size: size!, used: used!, avail: avail! };
+  return { size: size, used: used, avail: avail };
 }

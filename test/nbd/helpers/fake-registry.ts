@@ -1,12 +1,13 @@
-// An in-memory ExportRegistry for the NBD tests: each export is a file read with the real
+// An in-memory export source for the NBD tests: each export is a file read with the real
 // O_DIRECT reader, with a CBT map the test chooses. Tests remove and fail exports at will, and
 // can wrap readers to delay or break reads.
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
-import type { ImageReader } from '../../../src/engine/types';
-import type { Export, ExportRegistry, ExportRegistryEvents } from '../../../src/exports/types';
+import type { ImageReader } from '../../../src/core/image';
+import type { Export, ExportEvents, ExportSource } from '../../../src/exports/types';
 import { queryBlockDevice } from '../../../src/native/blockdev';
 import { DirectReader } from '../../../src/native/reader';
+import { AgentError } from '../../../src/core/errors';
 
 export interface FakeExportSpec {
   name: string;
@@ -15,8 +16,14 @@ export interface FakeExportSpec {
   cbt?: Export['cbt'];
 }
 
+/** What the kernel answers reads of a corrupt image with. */
 function eio(message: string): Error {
   return Object.assign(new Error(`EIO: ${message}`), { code: 'EIO', errno: -5 });
+}
+
+/** What the real registry answers an open of a failed export with (exports/types.ts). */
+function failedExport(message: string): AgentError {
+  return new AgentError('conflict', message, { code: 'EIO' });
 }
 
 /** A reader that fails with EIO once its export has failed, as the engine's do, and reports its closing. */
@@ -36,7 +43,7 @@ class RegistryReader implements ImageReader {
   }
 }
 
-export class FakeExportRegistry extends EventEmitter<ExportRegistryEvents> implements ExportRegistry {
+export class FakeExportRegistry extends EventEmitter<ExportEvents> implements ExportSource {
   private readonly exports = new Map<string, Export & { file: string }>();
   /** Readers handed out and not yet closed. */
   openReaders = 0;
@@ -86,7 +93,7 @@ export class FakeExportRegistry extends EventEmitter<ExportRegistryEvents> imple
   async open(name: string): Promise<ImageReader> {
     const exported = this.exports.get(name);
     if (exported === undefined) throw Object.assign(new Error(`no export ${name}`), { code: 'ENOENT' });
-    if (exported.failure !== null) throw eio(`the snapshot of ${name} failed: ${exported.failure}`);
+    if (exported.failure !== null) throw failedExport(`the snapshot of ${name} failed: ${exported.failure}`);
     const direct = await DirectReader.open(exported.file);
     const tracked: ImageReader = {
       path: direct.path,

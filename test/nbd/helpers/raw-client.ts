@@ -80,7 +80,7 @@ export class RawClient {
   };
 
   private take(length: number): Buffer {
-    const joined = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks);
+    const joined = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
     const rest = joined.subarray(length);
     this.chunks = rest.length > 0 ? [rest] : [];
     this.bufferedLength = rest.length;
@@ -190,7 +190,7 @@ export class RawClient {
   /** NBD_OPT_STARTTLS and the TLS handshake with the given client identity. */
   async startTls(certs: TestCerts, identity: { cert?: string; key?: string; ca?: string } = {}): Promise<void> {
     const [reply] = await this.option(Option.STARTTLS);
-    if (reply!.type !== OptionReply.ACK) throw new Error(`STARTTLS refused: ${reply!.type}`);
+    if (reply.type !== OptionReply.ACK) throw new Error(`STARTTLS refused: ${reply.type}`);
     await this.upgrade(certs, identity);
   }
 

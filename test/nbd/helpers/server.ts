@@ -29,7 +29,7 @@ export function captureLogger(): { log: Logger; records: LogRecord[] } {
   const records: LogRecord[] = [];
   const log = bunyan.createLogger({
     name: 'test',
-    streams: [{ type: 'raw', level: 'debug', stream: { write: (record: object) => { records.push(record as LogRecord); } } as never }],
+    streams: [{ type: 'raw', level: 'debug', stream: { write: (record: object) => { records.push(record as LogRecord); } } }],
   });
   return { log, records };
 }
@@ -101,7 +101,7 @@ export async function connectReady(target: number | string, options: ReadyOption
   if (options.tls) await client.startTls(options.tls);
   if (options.structured) {
     const [reply] = await client.option(Option.STRUCTURED_REPLY);
-    if (reply!.type !== OptionReply.ACK) throw new Error('structured replies refused');
+    if (reply.type !== OptionReply.ACK) throw new Error('structured replies refused');
   }
   const name = options.exportName ?? EXPORT_NAME;
   if (options.metaContexts) {

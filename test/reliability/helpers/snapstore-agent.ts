@@ -10,6 +10,7 @@ import { parseConfig } from '../../../src/config/config';
 import { writeDemoDisk } from '../../../src/cli/demo';
 import { silentLogger } from '../../../src/core/log';
 import { request as httpsRequest, type Response } from '../../api/helpers/server';
+import { simulatedAgentToml } from '../../helpers/agent-config';
 
 export const MiB = 1024 * 1024;
 
@@ -42,25 +43,7 @@ export async function snapstoreAgent(options: SnapstoreAgentOptions): Promise<Sn
     if (!fs.existsSync(file)) writeDemoDisk(file, options.diskSize, index);
     return file;
   });
-  const q = JSON.stringify;
-  const configText = `
-engine = "simulated"
-database_file = ${q(path.join(dir, 'agent.db'))}
-snapstore_destinations = [${q(location)}]
-snap_store_file_size = ${options.snapStoreFileSize}
-auto_init_physical_disks = true
-${disks.map((d) => `[[snapstore_mapping]]\ndevice = ${q(path.basename(d, '.img'))}\nlocation = ${q(location)}\n`).join('')}
-[api]
-bind = "127.0.0.1"
-port = 1
-[api.tls]
-certificate = ${q(path.join(certs, 'server-cert.pem'))}
-key = ${q(path.join(certs, 'server-key.pem'))}
-ca_certificate = ${q(path.join(certs, 'ca-cert.pem'))}
-[simulated]
-disks = [${disks.map((d) => q(d)).join(', ')}]
-image_dir = ${q(path.join(dir, 'engine'))}
-`;
+  const configText = simulatedAgentToml({ dir, disks, certs, location, snapStoreFileSize: options.snapStoreFileSize, apiPort: 1 });
   const read = (name: string): string => fs.readFileSync(path.join(certs, name), 'utf8');
   const ca = read('ca-cert.pem');
   const credentials = { cert: read('client-cert.pem'), key: read('client-key.pem') };

@@ -11,10 +11,10 @@ async function main(): Promise<void> {
     const snapshot = await env.manager.createSnapshot(['disk0', 'disk1']);
     process.stdout.write(`${snapshot.id}\n`);
   } else if (action === 'delete') {
-    await env.manager.deleteSnapshot(id!);
+    await env.manager.deleteSnapshot(id);
   } else if (action === 'changes') {
-    const volume = (await env.manager.getSnapshot(id!)).volumes.find((v) => v.trackedDiskId === 'disk0')!;
-    const changes = await env.manager.changes(id!, 'disk0', {
+    const volume = (await env.manager.getSnapshot(id)).volumes.find((v) => v.trackedDiskId === 'disk0')!;
+    const changes = await env.manager.changes(id, 'disk0', {
       previousGenerationId: generationId, previousNumber: number === undefined ? undefined : Number(number),
     });
     process.stdout.write(`${JSON.stringify({ generationId: volume.generationId, snapshotNumber: volume.snapshotNumber, ...changes })}\n`);
@@ -23,17 +23,17 @@ async function main(): Promise<void> {
     const intact: boolean[] = [];
     for (const snapshot of snapshots) {
       for (const [index, volume] of snapshot.volumes.entries()) {
-        const reader = await env.manager.openImage(snapshot.id, volume.trackedDiskId);
+        const reader = await env.exports.openByVolume(snapshot.id, volume.trackedDiskId);
         intact.push(Buffer.from(await reader.read(0, 4 * MiB)).equals(pattern(4 * MiB, index + 1)));
         await reader.close();
       }
     }
     process.stdout.write(`${JSON.stringify({
-      rows: env.state.snapshots().map((s) => s.state),
+      rows: env.state.snapshots.list().map((s) => s.state),
       snapshots: snapshots.map((s) => ({ id: s.id, state: s.state.status, volumes: s.volumes.length })),
       intact,
-      snapstoreRows: env.state.snapstores().length,
-      fileRows: env.state.snapstores().flatMap((s) => env.state.files(s.id)).length,
+      snapstoreRows: env.state.snapstores.list().length,
+      fileRows: env.state.snapstores.list().flatMap((s) => env.state.files.of(s.id)).length,
       files: snapstoreFiles(env),
       engineSnapshots: (await env.engine.listSnapshots()).length,
       images: (await env.engine.listImages()).length,
@@ -41,7 +41,7 @@ async function main(): Promise<void> {
   }
   await env.manager.stop();
   await env.engine.close();
-  env.state.db.close();
+  env.state.close();
 }
 
 main().catch((err) => {

@@ -4,12 +4,13 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { openDatabase } from '../../../src/db/database';
 import { AgentState } from '../../../src/db/state';
-import { SimulatedEngine } from '../../../src/engine/simulated';
-import type { DeviceId, SnapshotEngine } from '../../../src/engine/types';
+import { SimulatedEngine } from '../../../src/engine/simulated/engine';
+import type { DeviceId } from '../../../src/core/devices';
+import type { SnapshotEngine } from '../../../src/engine/types';
 import { silentLogger } from '../../../src/core/log';
 import { queryBlockDevice } from '../../../src/native/blockdev';
+import { ExportRegistry } from '../../../src/exports/registry';
 import { SnapshotManager } from '../../../src/snapshots/manager';
 import { fileSystemDevice } from '../../../src/host/sysfs';
 
@@ -27,6 +28,7 @@ export interface LifecycleEnv {
   engine: SnapshotEngine;
   state: AgentState;
   manager: SnapshotManager;
+  exports: ExportRegistry;
   /** Stops the manager and engine and opens new ones on the same files, as a restart does. */
   restart(wrapEngine?: (engine: SnapshotEngine) => SnapshotEngine): Promise<void>;
   close(): Promise<void>;
@@ -113,31 +115,32 @@ export async function lifecycleEnv(options: EnvOptions = {}): Promise<LifecycleE
   let wrapEngine = options.wrapEngine ?? ((e: SnapshotEngine) => e);
   const { location } = machine;
 
-  const open = async (): Promise<Pick<LifecycleEnv, 'engine' | 'state' | 'manager'>> => {
+  const open = async (): Promise<Pick<LifecycleEnv, 'engine' | 'state' | 'manager' | 'exports'>> => {
     const inner = await machine.newEngine();
-    const state = new AgentState(openDatabase(path.join(machine.stateDir, 'agent.db')));
+    const state = AgentState.open(path.join(machine.stateDir, 'agent.db'));
     machine.devices(inner).forEach((device, index) => {
-      if (state.trackedDisk(`disk${index}`) === undefined) {
-        state.upsertTrackedDisk({ id: `disk${index}`, path: machine.disks[index]!, ...device });
-        state.insertMapping({ id: `mapping${index}`, diskId: `disk${index}`, location });
+      if (state.disks.get(`disk${index}`) === undefined) {
+        state.disks.upsert({ id: `disk${index}`, path: machine.disks[index], ...device });
+        state.mappings.insert({ id: `mapping${index}`, diskId: `disk${index}`, location });
       }
     });
     const engine = wrapEngine(inner);
     for (const device of machine.devices(inner)) await engine.startTracking(device);
+    const registry = new ExportRegistry({ state, engine });
     const manager = new SnapshotManager({
-      engine, state, log: silentLogger(), snapStoreFileSize: CHUNK,
+      engine, state, exports: registry, log: silentLogger(), snapStoreFileSize: CHUNK,
       locationDevice: options.locationDevice ?? fileSystemDevice,
       diskSize: (file) => queryBlockDevice(file).size,
       healthIntervalMs: 100, growthRetryMs: 100,
     });
     await manager.start();
-    return { engine, state, manager };
+    return { engine, state, manager, exports: registry };
   };
 
   const shutDown = async (): Promise<void> => {
     await env.manager.stop();
     await env.engine.close();
-    env.state.db.close();
+    env.state.close();
   };
   const env = {
     dir: machine.stateDir, location, diskSize: machine.diskSize, cbtBlockSize: machine.cbtBlockSize ?? 256 * 1024,
@@ -150,8 +153,8 @@ export async function lifecycleEnv(options: EnvOptions = {}): Promise<LifecycleE
     },
     async close() {
       // Kernel state outlives the engine object: leave none behind for the next test.
-      for (const snapshot of env.state.snapshots()) await env.manager.deleteSnapshot(snapshot.id);
-      for (const row of env.state.trackedDisks()) await env.engine.stopTracking({ major: row.major, minor: row.minor }).catch(() => undefined);
+      for (const snapshot of env.state.snapshots.list()) await env.manager.deleteSnapshot(snapshot.id);
+      for (const row of env.state.disks.list()) await env.engine.stopTracking({ major: row.major, minor: row.minor }).catch(() => undefined);
       await shutDown();
       await machine.dispose();
     },

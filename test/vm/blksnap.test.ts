@@ -1,63 +1,25 @@
-// The engine conformance suite against the real blksnap module (bdevfilter + veeamblksnap), inside the VM.
+// What only blksnap needs, on the real module inside the VM (the suites both modules pass are
+// conformance.test.ts and lifecycle.test.ts).
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { BlksnapEngine } from '../../src/engine/blksnap';
-import type { DeviceId } from '../../src/engine/types';
+import type { DeviceId } from '../../src/core/devices';
 import { queryBlockDevice } from '../../src/native/blockdev';
-import { engineConformance, type ConformanceTarget, type TestDisk } from '../engine/conformance';
-import { readFile, writeDisk } from '../snapshots/helpers/env';
-import { blksnapLoaded, guestDisks, vmSkipReason } from './run';
+import { writeDisk } from '../snapshots/helpers/env';
+import { moduleEngine, moduleSkipReason } from './modules';
+import { guestDisks } from './run';
 
-const skip = vmSkipReason() || (blksnapLoaded() ? false : 'BLKSNAP_KO not set: no module to test');
-
-engineConformance('blksnap', async (): Promise<ConformanceTarget> => {
-  const stateDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'csa-blksnap-'));
-  const disks: TestDisk[] = guestDisks().filter((d) => d.role === 'origin').map((d) => {
-    const info = queryBlockDevice(d.device);
-    return { path: d.device, device: { major: info.major, minor: info.minor }, size: info.size };
-  });
-  const store = guestDisks().find((d) => d.role === 'store')!;
-  const storeInfo = queryBlockDevice(store.device);
-  let next = 0;
-  return {
-    disks,
-    async newEngine() {
-      const engine = new BlksnapEngine({ stateDir });
-      await engine.start();
-      return engine;
-    },
-    writeDisk: async (disk, offset, data) => writeDisk(disk.path, offset, data),
-    readDisk: async (disk, offset, length) => readFile(disk.path, offset, length),
-    storage: {
-      device: { major: storeInfo.major, minor: storeInfo.minor },
-      take(bytes) {
-        if (next + bytes > storeInfo.size) next = 0;
-        const range = { offset: next, length: bytes };
-        next += bytes;
-        return [range];
-      },
-    },
-    eventTimeoutMs: 30_000,
-    // The module's default tracking block (2^16) and the errno its corruption event carries.
-    cbtBlockSize: 64 * 1024,
-    overflowCode: 'ENOSPC',
-    async dispose() {
-      await fsp.rm(stateDir, { recursive: true, force: true });
-    },
-  };
-}, { skip });
+const skip = moduleSkipReason('blksnap');
 
 // What only blksnap needs: its module keeps one snapshot at a time (a second one would orphan
 // the first for good), and a device can only start being tracked while no snapshot lives.
 describe('blksnap: one snapshot at a time', { skip, timeout: 600_000 }, () => {
   test('a second snapshot is refused while one lives, the first keeps working, and a device tracked meanwhile is tracked once it is gone', async () => {
     const stateDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'csa-blksnap-one-'));
-    const engine = new BlksnapEngine({ stateDir });
-    await engine.start();
+    const engine = await moduleEngine('blksnap', stateDir);
     const [first, second] = guestDisks().filter((d) => d.role === 'origin').map((d) => {
       const info = queryBlockDevice(d.device);
       return { path: d.device, device: { major: info.major, minor: info.minor } };
@@ -74,7 +36,7 @@ describe('blksnap: one snapshot at a time', { skip, timeout: 600_000 }, () => {
       const held = await snapstoreOf(first.device, 0);
       const snapshot = await engine.createSnapshot([first.device]);
       const readImage = async (): Promise<Buffer> => {
-        const reader = await engine.openImage(snapshot.images[0]!);
+        const reader = await engine.openImage(snapshot.images[0]);
         try {
           return Buffer.from(await reader.read(0, 4096));
         } finally {

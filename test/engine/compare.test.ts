@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { spansThatMayDiffer } from '../../src/engine/layout';
+import { spansThatMayDiffer } from '../../src/engine/simulated/compare';
 
 const extent = (logical: number, physical: number | null, length: number) => ({ logical, physical, length });
 
