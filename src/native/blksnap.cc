@@ -18,49 +18,23 @@
 
 #include "blksnap_abi.h"
 #include "errors.h"
-#include "veeamsnap_abi.h"  // QueueSyscall and Fd, shared by every control device
+#include "ioctl_support.h"
 
 namespace coriolis::blksnap {
 namespace {
 
-using veeamsnap::Fd;
-using veeamsnap::QueueSyscall;
+using ioctl::Arg;
+using ioctl::ArgsObject;
+using ioctl::Call;
+using ioctl::Load;
+using ioctl::ThrowRange;
+using ioctl::ThrowType;
+using ioctl::ToObject;
+using ioctl::ToU32;
+using ioctl::ToU64;
+using ioctl::Def;
 
 // ---- JavaScript values -> ABI fields ---------------------------------------------------------
-
-[[noreturn]] void ThrowType(Napi::Env env, const std::string& what, const char* expected) {
-  throw Napi::TypeError::New(env, what + " must be " + expected);
-}
-[[noreturn]] void ThrowRange(Napi::Env env, const std::string& what, const char* expected) {
-  throw Napi::RangeError::New(env, what + " must be " + expected);
-}
-
-Napi::Object ToObject(Napi::Env env, Napi::Value v, const std::string& what) {
-  if (!v.IsObject()) ThrowType(env, what, "an object");
-  return v.As<Napi::Object>();
-}
-
-uint32_t ToU32(Napi::Env env, Napi::Value v, const std::string& what, double limit = 4294967295.0) {
-  if (!v.IsNumber()) ThrowType(env, what, "a number");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= 0 && d <= limit && std::trunc(d) == d)) ThrowRange(env, what, "an integer in range");
-  return static_cast<uint32_t>(d);
-}
-
-uint64_t ToU64(Napi::Env env, Napi::Value v, const std::string& what) {
-  if (v.IsBigInt()) {
-    bool lossless = false;
-    uint64_t x = v.As<Napi::BigInt>().Uint64Value(&lossless);
-    if (!lossless) ThrowRange(env, what, "an unsigned 64-bit integer");
-    return x;
-  }
-  if (v.IsNumber()) {
-    double d = v.As<Napi::Number>().DoubleValue();
-    if (!(d >= 0 && d <= 9007199254740991.0 && std::trunc(d) == d)) ThrowRange(env, what, "a non-negative safe integer");
-    return static_cast<uint64_t>(d);
-  }
-  ThrowType(env, what, "a bigint or a number");
-}
 
 DevId ToDevId(Napi::Env env, Napi::Value v, const std::string& what) {
   Napi::Object o = ToObject(env, v, what);
@@ -85,75 +59,6 @@ Napi::Object FromDevId(Napi::Env env, const DevId& d) {
 Napi::Buffer<uint8_t> FromUuid(Napi::Env env, const Uuid& id) {
   return Napi::Buffer<uint8_t>::Copy(env, id.b, sizeof id.b);
 }
-
-template <typename T>
-T Load(const uint8_t* p) {
-  T value;
-  std::memcpy(&value, p, sizeof value);
-  return value;
-}
-
-// ---- An ioctl argument and the user buffers its pointer fields refer to ----------------------
-
-// In test encodings pointer fields hold this tag | the index of the block they point to.
-constexpr uint64_t kPointerPlaceholder = 0x5054520000000000;
-
-class Arg {
- public:
-  struct Pointer {
-    size_t block;
-    size_t offset;
-    size_t target;
-  };
-  size_t Add(const void* data, size_t size) {
-    const uint8_t* p = static_cast<const uint8_t*>(data);
-    blocks_.emplace_back(p, p + size);
-    return blocks_.size() - 1;
-  }
-  template <typename T>
-  size_t Add(const T& value) {
-    return Add(&value, sizeof value);
-  }
-  size_t AddZeroed(size_t size) {
-    blocks_.emplace_back(size, 0);
-    return blocks_.size() - 1;
-  }
-  // The u64 at `offset` of `block` holds the address of block `target`.
-  void Point(size_t block, size_t offset, size_t target) { pointers_.push_back({block, offset, target}); }
-  void Link() {
-    for (const Pointer& p : pointers_) Store(p, reinterpret_cast<uintptr_t>(blocks_[p.target].data()));
-  }
-  void LinkPlaceholders() {
-    for (const Pointer& p : pointers_) Store(p, kPointerPlaceholder | p.target);
-  }
-  uint8_t* Data(size_t block) { return blocks_[block].data(); }
-  const std::vector<uint8_t>& Block(size_t block) const { return blocks_.at(block); }
-  size_t BlockCount() const { return blocks_.size(); }
-  const std::vector<Pointer>& Pointers() const { return pointers_; }
-  template <typename T>
-  T Root() const {
-    return Load<T>(blocks_.at(0).data());
-  }
-
- private:
-  void Store(const Pointer& p, uint64_t value) { std::memcpy(blocks_[p.block].data() + p.offset, &value, 8); }
-  std::vector<std::vector<uint8_t>> blocks_;
-  std::vector<Pointer> pointers_;
-};
-
-struct Call {
-  Arg arg;
-  long rc = 0;  // the ioctl's return value (a byte count for the CBT map read)
-};
-
-struct IoctlDef {
-  const char* name;
-  uint32_t request;
-  size_t size;
-  Arg (*encode)(Napi::Env env, Napi::Object args);
-  int (*run)(int fd, const IoctlDef& def, Call& call);  // pool thread; 0 or errno
-  Napi::Value (*decode)(Napi::Env env, const Call& call);
-};
 
 // ---- Encoders (JS thread) --------------------------------------------------------------------
 
@@ -294,7 +199,7 @@ int RunOnce(int fd, uint32_t request, Call& call) {
   return call.rc < 0 ? errno : 0;
 }
 
-int RunSingle(int fd, const IoctlDef& def, Call& call) { return RunOnce(fd, def.request, call); }
+int RunSingle(int fd, const Def& def, Call& call) { return RunOnce(fd, def.request, call); }
 
 // The enumerations are two-phase: a null array asks for the count, then the fetch. A count
 // that grew in between fails the fetch (ENOBUFS for trackers, ENODATA for snapshots and
@@ -302,7 +207,7 @@ int RunSingle(int fd, const IoctlDef& def, Call& call) { return RunOnce(fd, def.
 constexpr int kEnumerationRounds = 8;
 
 template <typename Root, Arg (*Encode)(uint32_t)>
-int RunEnumeration(int fd, const IoctlDef& def, Call& call, int too_small) {
+int RunEnumeration(int fd, const Def& def, Call& call, int too_small) {
   int err = 0;
   for (int round = 0; round < kEnumerationRounds; round++) {
     call.arg = Encode(0);
@@ -316,13 +221,13 @@ int RunEnumeration(int fd, const IoctlDef& def, Call& call, int too_small) {
   return err;
 }
 
-int RunTrackerCollect(int fd, const IoctlDef& def, Call& call) {
+int RunTrackerCollect(int fd, const Def& def, Call& call) {
   return RunEnumeration<TrackerCollectArg, EncodeTrackerCollect>(fd, def, call, ENOBUFS);
 }
-int RunSnapshotCollect(int fd, const IoctlDef& def, Call& call) {
+int RunSnapshotCollect(int fd, const Def& def, Call& call) {
   return RunEnumeration<SnapshotCollectArg, EncodeSnapshotCollect>(fd, def, call, ENODATA);
 }
-int RunCollectImages(int fd, const IoctlDef& def, Call& call) {
+int RunCollectImages(int fd, const Def& def, Call& call) {
   Uuid id = call.arg.Root<CollectImagesArg>().id;
   int err = 0;
   for (int round = 0; round < kEnumerationRounds; round++) {
@@ -443,7 +348,7 @@ Napi::Value DecodeEvent(Napi::Env env, const WaitEventArg& e) {
 
 Napi::Value DecodeWaitEvent(Napi::Env env, const Call& call) { return DecodeEvent(env, call.arg.Root<WaitEventArg>()); }
 
-const IoctlDef kIoctls[] = {
+const Def kIoctls[] = {
     {"IOCTL_BLK_SNAP_VERSION", kIoctlVersion, sizeof(VersionArg), EncodeOutput<VersionArg>, RunSingle, DecodeVersion},
     {"IOCTL_BLK_SNAP_TRACKER_REMOVE", kIoctlTrackerRemove, sizeof(TrackerRemoveArg), EncodeDevice, RunSingle,
      DecodeNothing},
@@ -468,115 +373,22 @@ const IoctlDef kIoctls[] = {
     {"IOCTL_BLK_SNAP_MOD", kIoctlMod, sizeof(ModArg), EncodeOutput<ModArg>, RunSingle, DecodeMod},
 };
 
-const IoctlDef* FindIoctl(Napi::Env env, Napi::Value name) {
-  if (!name.IsString()) ThrowType(env, "name", "a string");
-  std::string s = name.As<Napi::String>();
-  for (const IoctlDef& def : kIoctls) {
-    if (s == def.name) return &def;
-  }
-  throw Napi::TypeError::New(env, "unknown blksnap ioctl " + s);
-}
-
-Napi::Object ArgsObject(Napi::Env env, Napi::Value v) {
-  return v.IsUndefined() ? Napi::Object::New(env) : ToObject(env, v, "args");
-}
+const ioctl::Table kTable{"blksnap", std::begin(kIoctls), std::end(kIoctls)};
 
 // ---- Test entries ----------------------------------------------------------------------------
 
 // blksnapEncode(name, args) -> {request, blocks: Buffer[], pointers: {block, offset, target}[]}
 Napi::Value Encode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const IoctlDef* def = FindIoctl(env, info[0]);
-  Arg arg = def->encode(env, ArgsObject(env, info[1]));
+  const Def& def = kTable.Require(env, info[0]);
+  Arg arg = def.encode(env, ArgsObject(env, info[1]));
   arg.LinkPlaceholders();
-  Napi::Array blocks = Napi::Array::New(env, arg.BlockCount());
-  for (size_t i = 0; i < arg.BlockCount(); i++) blocks.Set(i, Napi::Buffer<uint8_t>::Copy(env, arg.Data(i), arg.Block(i).size()));
-  Napi::Array pointers = Napi::Array::New(env, arg.Pointers().size());
-  for (size_t i = 0; i < arg.Pointers().size(); i++) {
-    Napi::Object p = Napi::Object::New(env);
-    p.Set("block", arg.Pointers()[i].block);
-    p.Set("offset", arg.Pointers()[i].offset);
-    p.Set("target", arg.Pointers()[i].target);
-    pointers.Set(i, p);
-  }
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("request", def->request);
-  out.Set("blocks", blocks);
-  out.Set("pointers", pointers);
+  Napi::Object out = ioctl::EncodedToJs(env, arg);
+  out.Set("request", def.request);
   return out;
 }
 
-// blksnapDecode(name, blocks: Buffer[], returnValue = 0): what the call would resolve with, had
-// the kernel left these bytes in its argument and buffers.
-Napi::Value Decode(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const IoctlDef* def = FindIoctl(env, info[0]);
-  if (!info[1].IsArray()) ThrowType(env, "blocks", "an array of Buffers");
-  Napi::Array blocks = info[1].As<Napi::Array>();
-  Call call;
-  for (uint32_t i = 0; i < blocks.Length(); i++) {
-    Napi::Value b = blocks.Get(i);
-    if (!b.IsBuffer()) ThrowType(env, "blocks", "an array of Buffers");
-    call.arg.Add(b.As<Napi::Buffer<uint8_t>>().Data(), b.As<Napi::Buffer<uint8_t>>().Length());
-  }
-  if (call.arg.BlockCount() == 0 || call.arg.Block(0).size() != def->size) {
-    throw Napi::RangeError::New(env, "blocks[0] must have the argument's size");
-  }
-  call.rc = info[2].IsUndefined() ? 0 : static_cast<long>(ToU32(env, info[2], "returnValue"));
-  return def->decode(env, call);
-}
-
-// ---- The control handle ----------------------------------------------------------------------
-
-// new BlksnapControlHandle(path); open(): Promise<void>; ioctl(name, args): Promise<result>;
-// close(): void (calls in flight keep the descriptor until they finish).
-class ControlHandle : public Napi::ObjectWrap<ControlHandle> {
- public:
-  static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "BlksnapControlHandle",
-                       {InstanceMethod("open", &ControlHandle::Open), InstanceMethod("ioctl", &ControlHandle::Ioctl),
-                        InstanceMethod("close", &ControlHandle::Close)});
-  }
-
-  explicit ControlHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ControlHandle>(info) {
-    if (!info[0].IsString()) ThrowType(info.Env(), "path", "a string");
-    path_ = info[0].As<Napi::String>();
-  }
-
- private:
-  Napi::Value Open(const Napi::CallbackInfo& info) {
-    auto opened = std::make_shared<std::shared_ptr<Fd>>();
-    std::string path = path_;
-    return QueueSyscall(
-        info.Env(), "open", path_,
-        [opened, path] {
-          int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-          if (fd < 0) return errno;
-          *opened = std::make_shared<Fd>(fd);
-          return 0;
-        },
-        [opened, slot = slot_](Napi::Env env) {
-          *slot = *opened;
-          return env.Undefined();
-        });
-  }
-
-  Napi::Value Ioctl(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    const IoctlDef* def = FindIoctl(env, info[0]);
-    auto call = std::make_shared<Call>();
-    call->arg = def->encode(env, ArgsObject(env, info[1]));
-    std::shared_ptr<Fd> fd = *slot_;
-    return QueueSyscall(
-        env, def->name, path_, [def, call, fd] { return fd ? def->run(fd->fd, *def, *call) : EBADF; },
-        [def, call](Napi::Env env) { return def->decode(env, *call); });
-  }
-
-  void Close(const Napi::CallbackInfo&) { slot_->reset(); }
-
-  std::string path_;
-  std::shared_ptr<std::shared_ptr<Fd>> slot_ = std::make_shared<std::shared_ptr<Fd>>();
-};
+Napi::Value Decode(const Napi::CallbackInfo& info) { return ioctl::DecodeForTest(kTable, info); }
 
 // ---- The event waiter ------------------------------------------------------------------------
 
@@ -709,7 +521,7 @@ class EventWaiter : public Napi::ObjectWrap<EventWaiter> {
 void Register(Napi::Env env, Napi::Object exports) {
   Napi::Object requests = Napi::Object::New(env);
   Napi::Object sizes = Napi::Object::New(env);
-  for (const IoctlDef& def : kIoctls) {
+  for (const Def& def : kIoctls) {
     requests.Set(def.name, def.request);
     sizes.Set(def.name, def.size);
   }
@@ -721,10 +533,10 @@ void Register(Napi::Env env, Napi::Object exports) {
   sizes.Set("CorruptedData", sizeof(CorruptedData));
   exports.Set("blksnapRequests", requests);
   exports.Set("blksnapSizes", sizes);
-  exports.Set("blksnapPointerPlaceholder", Napi::BigInt::New(env, kPointerPlaceholder));
+  exports.Set("blksnapPointerPlaceholder", Napi::BigInt::New(env, ioctl::kPointerPlaceholder));
   exports.Set("blksnapEncode", Napi::Function::New(env, Encode, "blksnapEncode"));
   exports.Set("blksnapDecode", Napi::Function::New(env, Decode, "blksnapDecode"));
-  exports.Set("BlksnapControlHandle", ControlHandle::Define(env));
+  exports.Set("BlksnapControlHandle", ioctl::ControlHandle<kTable>::Define(env, "BlksnapControlHandle"));
   exports.Set("BlksnapEventWaiter", EventWaiter::Define(env));
 }
 

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "errors.h"
+#include "syscall_support.h"
 #include "veeamsnap_abi.h"
 
 namespace coriolis::veeamsnap {

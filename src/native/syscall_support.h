@@ -1,12 +1,15 @@
-// Helpers shared by the reader and block-device wrappers: argument conversion and a worker that
-// runs blocking syscalls on the libuv pool and settles a promise on the JavaScript thread.
+// Helpers shared by every method group: argument conversion, and the one worker that runs
+// blocking syscalls on the libuv pool and settles a promise on the JavaScript thread.
 #pragma once
 #include <napi.h>
 
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <unistd.h>
+#include <utility>
 
 #include "errors.h"
 
@@ -67,8 +70,12 @@ class SyscallWorker : public Napi::AsyncWorker {
     Napi::Env env = Env();
     if (error_ != 0) {
       deferred_.Reject(ErrnoError(env, error_, syscall_, path_).Value());
-    } else {
+      return;
+    }
+    try {
       deferred_.Resolve(Result(env));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
     }
   }
 
@@ -76,5 +83,49 @@ class SyscallWorker : public Napi::AsyncWorker {
   int error_ = 0;
   const char* syscall_ = "";
 };
+
+// An open descriptor shared by everything that may still use it: close() only drops the
+// owner's reference, so a call in flight never sees the number reused by another open().
+struct Fd {
+  explicit Fd(int n) : fd(n) {}
+  ~Fd() { ::close(fd); }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  const int fd;
+};
+
+// A SyscallWorker made of two functions: `work` (off the event loop; 0 or an errno) and `done`
+// (on the JavaScript thread; the value the promise resolves with).
+class FunctionWorker : public SyscallWorker {
+ public:
+  FunctionWorker(Napi::Env env, std::string syscall, std::string path, std::function<int()> work,
+                 std::function<Napi::Value(Napi::Env)> done)
+      : SyscallWorker(env, "coriolis:syscall", std::move(path)),
+        name_(std::move(syscall)),
+        work_(std::move(work)),
+        done_(std::move(done)) {}
+
+ protected:
+  void Execute() override {
+    int err = work_();
+    if (err != 0) Fail(err, name_.c_str());
+  }
+  Napi::Value Result(Napi::Env env) override { return done_(env); }
+
+ private:
+  const std::string name_;
+  std::function<int()> work_;
+  std::function<Napi::Value(Napi::Env)> done_;
+};
+
+// Runs `work` on the libuv pool. The promise rejects with ErrnoError(errno, syscall, path), or
+// resolves with `done(env)` (a JS exception it throws rejects the promise too).
+inline Napi::Promise QueueSyscall(Napi::Env env, std::string syscall, std::string path, std::function<int()> work,
+                                  std::function<Napi::Value(Napi::Env)> done) {
+  auto* worker = new FunctionWorker(env, std::move(syscall), std::move(path), std::move(work), std::move(done));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
 
 }  // namespace coriolis

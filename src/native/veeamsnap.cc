@@ -15,95 +15,27 @@
 #include <vector>
 
 #include "errors.h"
+#include "ioctl_support.h"
 #include "veeamsnap_abi.h"
 
 namespace coriolis::veeamsnap {
 
-Fd::~Fd() { ::close(fd); }
+using ioctl::Arg;
+using ioctl::ArgsObject;
+using ioctl::Call;
+using ioctl::Def;
+using ioctl::DecodeForTest;
+using ioctl::EncodedToJs;
+using ioctl::Load;
+using ioctl::ThrowRange;
+using ioctl::ThrowType;
+using ioctl::ToObject;
+using ioctl::ToU32;
+using ioctl::ToU64;
 
 namespace {
 
-// ---- Promise plumbing ----------------------------------------------------------------------
-
-class SyscallWorker : public Napi::AsyncWorker {
- public:
-  SyscallWorker(Napi::Env env, std::string syscall, std::string path, std::function<int()> work,
-                std::function<Napi::Value(Napi::Env)> done)
-      : Napi::AsyncWorker(env, "coriolis:veeamsnap"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        syscall_(std::move(syscall)),
-        path_(std::move(path)),
-        work_(std::move(work)),
-        done_(std::move(done)) {}
-
-  Napi::Promise Promise() const { return deferred_.Promise(); }
-
- protected:
-  void Execute() override { err_ = work_(); }
-
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (err_ != 0) {
-      deferred_.Reject(ErrnoError(env, err_, syscall_, path_).Value());
-      return;
-    }
-    try {
-      deferred_.Resolve(done_(env));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    }
-  }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::string syscall_;
-  std::string path_;
-  std::function<int()> work_;
-  std::function<Napi::Value(Napi::Env)> done_;
-  int err_ = 0;
-};
-
 // ---- JavaScript values -> ABI fields ---------------------------------------------------------
-
-[[noreturn]] void ThrowType(Napi::Env env, const std::string& what, const char* expected) {
-  throw Napi::TypeError::New(env, what + " must be " + expected);
-}
-
-[[noreturn]] void ThrowRange(Napi::Env env, const std::string& what, const char* expected) {
-  throw Napi::RangeError::New(env, what + " must be " + expected);
-}
-
-Napi::Object ToObject(Napi::Env env, Napi::Value v, const std::string& what) {
-  if (!v.IsObject()) ThrowType(env, what, "an object");
-  return v.As<Napi::Object>();
-}
-
-// Sizes and addresses: a bigint, or a number that is a safe integer (never rounded).
-uint64_t ToU64(Napi::Env env, Napi::Value v, const std::string& what) {
-  if (v.IsBigInt()) {
-    bool lossless = false;
-    uint64_t x = v.As<Napi::BigInt>().Uint64Value(&lossless);
-    if (!lossless) ThrowRange(env, what, "an unsigned 64-bit integer");
-    return x;
-  }
-  if (v.IsNumber()) {
-    double d = v.As<Napi::Number>().DoubleValue();
-    if (!(d >= 0 && d <= 9007199254740991.0 && std::trunc(d) == d)) {
-      ThrowRange(env, what, "a non-negative safe integer");
-    }
-    return static_cast<uint64_t>(d);
-  }
-  ThrowType(env, what, "a bigint or a number");
-}
-
-uint32_t ToU32(Napi::Env env, Napi::Value v, const std::string& what) {
-  if (!v.IsNumber()) ThrowType(env, what, "a number");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= 0 && d <= 4294967295.0 && std::trunc(d) == d)) {
-    ThrowRange(env, what, "an integer in 0..2^32-1");
-  }
-  return static_cast<uint32_t>(d);
-}
 
 // The kernel packs major:minor with its MKDEV (major << 20 | minor): a larger field would
 // silently name another device.
@@ -175,109 +107,27 @@ Napi::Object FromDevId(Napi::Env env, const DevId& d) {
   return o;
 }
 
-template <typename T>
-T Load(const uint8_t* p) {
-  T value;
-  std::memcpy(&value, p, sizeof value);
-  return value;
-}
-
-// ---- An ioctl argument and the user buffers its pointer fields refer to ----------------------
-
-// Pointer fields are filled with this tag plus the target block's index when encoding for the
-// tests, so a test sees both where each pointer sits and what it points to.
-constexpr uint64_t kPointerPlaceholder = 0x5054520000000000;  // "\0\0\0\0\0RTP" little-endian
-
-class IoctlArg {
- public:
-  struct Pointer {
-    size_t block;
-    size_t offset;
-    size_t target;
-  };
-
-  // Appends a block and returns its index; block 0 is what the ioctl argument points to.
-  size_t Add(const void* data, size_t size) {
-    const uint8_t* p = static_cast<const uint8_t*>(data);
-    blocks_.emplace_back(p, p + size);
-    return blocks_.size() - 1;
-  }
-  template <typename T>
-  size_t Add(const T& value) {
-    return Add(&value, sizeof value);
-  }
-  template <typename T>
-  size_t AddArray(const std::vector<T>& values) {
-    return Add(values.data(), values.size() * sizeof(T));
-  }
-  size_t AddZeroed(size_t size) {
-    blocks_.emplace_back(size, 0);
-    return blocks_.size() - 1;
-  }
-  // The u64 at `offset` in `block` holds the address of block `target`.
-  void Point(size_t block, size_t offset, size_t target) { pointers_.push_back({block, offset, target}); }
-
-  void Link() {
-    for (const Pointer& p : pointers_) {
-      Store(p, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(blocks_[p.target].data())));
-    }
-  }
-  void LinkPlaceholders() {
-    for (const Pointer& p : pointers_) Store(p, kPointerPlaceholder | p.target);
-  }
-
-  uint8_t* Data(size_t block) { return blocks_[block].data(); }
-  const std::vector<uint8_t>& Block(size_t block) const { return blocks_.at(block); }
-  size_t BlockCount() const { return blocks_.size(); }
-  const std::vector<Pointer>& Pointers() const { return pointers_; }
-
-  template <typename T>
-  T Root() const {
-    return Load<T>(blocks_.at(0).data());
-  }
-
- private:
-  void Store(const Pointer& p, uint64_t value) { std::memcpy(blocks_[p.block].data() + p.offset, &value, 8); }
-
-  std::vector<std::vector<uint8_t>> blocks_;
-  std::vector<Pointer> pointers_;
-};
-
-struct Call {
-  IoctlArg arg;
-  long rc = 0;  // the ioctl's return value (a byte count for two of them)
-};
-
-struct IoctlDef {
-  const char* name;
-  uint32_t request;
-  size_t size;  // packed argument size, for veeamsnapSizes
-  IoctlArg (*encode)(Napi::Env env, Napi::Object args);
-  int (*run)(int fd, const IoctlDef& def, Call& call);  // pool thread; 0 or errno
-  Napi::Value (*decode)(Napi::Env env, const Call& call);
-};
-
 // ---- Encoders (JS thread) ----------------------------------------------------------------
 
-IoctlArg EncodeEmpty(size_t size) {
-  IoctlArg arg;
+Arg EncodeEmpty(size_t size) {
+  Arg arg;
   arg.AddZeroed(size);  // output-only: the kernel fills it
   return arg;
 }
 
 template <typename T>
-IoctlArg EncodeOutput(Napi::Env, Napi::Object) {
+Arg EncodeOutput(Napi::Env, Napi::Object) {
   return EncodeEmpty(sizeof(T));
 }
 
-IoctlArg EncodeDevice(Napi::Env env, Napi::Object args) {
-  IoctlArg arg;
+Arg EncodeDevice(Napi::Env env, Napi::Object args) {
+  Arg arg;
   arg.Add(ToDevId(env, args.Get("device"), "device"));
   return arg;
 }
 
-IoctlArg EncodeTrackingCollect(uint32_t capacity) {
-  IoctlArg arg;
+Arg EncodeTrackingCollect(uint32_t capacity) {
+  Arg arg;
   arg.Add(TrackingCollectArg{capacity, 0});
   if (capacity > 0) {  // a null pointer makes it the count query
     arg.Point(0, offsetof(TrackingCollectArg, cbt_info), arg.AddZeroed(size_t{capacity} * sizeof(CbtInfo)));
@@ -285,26 +135,26 @@ IoctlArg EncodeTrackingCollect(uint32_t capacity) {
   return arg;
 }
 
-IoctlArg EncodeTrackingCollectJs(Napi::Env env, Napi::Object args) {
+Arg EncodeTrackingCollectJs(Napi::Env env, Napi::Object args) {
   return EncodeTrackingCollect(args.Has("capacity") ? ToU32(env, args.Get("capacity"), "capacity") : 0);
 }
 
-IoctlArg EncodeReadCbtBitmap(Napi::Env env, Napi::Object args) {
+Arg EncodeReadCbtBitmap(Napi::Env env, Napi::Object args) {
   ReadCbtBitmapArg a{ToDevId(env, args.Get("device"), "device"), ToU32(env, args.Get("offset"), "offset"),
                      ToU32(env, args.Get("length"), "length"), 0};
-  IoctlArg arg;
+  Arg arg;
   arg.Add(a);
   arg.Point(0, offsetof(ReadCbtBitmapArg, buffer), arg.AddZeroed(a.length));
   return arg;
 }
 
-IoctlArg EncodeSetKernelEntries(Napi::Env env, Napi::Object args) {
+Arg EncodeSetKernelEntries(Napi::Env env, Napi::Object args) {
   Napi::Value v = args.Get("entries");
   if (!v.IsArray()) ThrowType(env, "entries", "an array of {name, address}");
   Napi::Array entries = v.As<Napi::Array>();
   // count 0 makes the module dereference an empty array (spec §2.10).
   if (entries.Length() == 0) ThrowRange(env, "entries", "non-empty");
-  IoctlArg arg;
+  Arg arg;
   arg.Add(SetKernelEntriesArg{entries.Length(), 0});
   arg.Point(0, offsetof(SetKernelEntriesArg, entries), arg.AddZeroed(entries.Length() * sizeof(KernelEntry)));
   for (uint32_t i = 0; i < entries.Length(); i++) {
@@ -322,80 +172,80 @@ IoctlArg EncodeSetKernelEntries(Napi::Env env, Napi::Object args) {
   return arg;
 }
 
-IoctlArg EncodeSnapshotCreate(Napi::Env env, Napi::Object args) {
+Arg EncodeSnapshotCreate(Napi::Env env, Napi::Object args) {
   std::vector<DevId> devices = ToDevIds(env, args.Get("devices"), "devices");
-  IoctlArg arg;
+  Arg arg;
   arg.Add(SnapshotCreateArg{0, static_cast<uint32_t>(devices.size()), 0});
   arg.Point(0, offsetof(SnapshotCreateArg, devices), arg.AddArray(devices));
   return arg;
 }
 
-IoctlArg EncodeSnapshotDestroy(Napi::Env env, Napi::Object args) {
-  IoctlArg arg;
+Arg EncodeSnapshotDestroy(Napi::Env env, Napi::Object args) {
+  Arg arg;
   arg.Add(SnapshotDestroyArg{ToU64(env, args.Get("snapshotId"), "snapshotId")});
   return arg;
 }
 
-IoctlArg EncodeSnapshotErrno(Napi::Env env, Napi::Object args) {
-  IoctlArg arg;
+Arg EncodeSnapshotErrno(Napi::Env env, Napi::Object args) {
+  Arg arg;
   arg.Add(SnapshotErrnoArg{ToDevId(env, args.Get("device"), "device"), 0});
   return arg;
 }
 
-IoctlArg EncodeSnapstoreCreate(Napi::Env env, Napi::Object args) {
+Arg EncodeSnapstoreCreate(Napi::Env env, Napi::Object args) {
   SnapstoreCreateArg a{};
   ToSnapstoreId(env, args.Get("id"), a.id);
   a.storage_dev = ToStorage(env, args.Get("storage"));
   std::vector<DevId> devices = ToDevIds(env, args.Get("devices"), "devices");
   a.count = static_cast<uint32_t>(devices.size());
-  IoctlArg arg;
+  Arg arg;
   arg.Add(a);
   arg.Point(0, offsetof(SnapstoreCreateArg, devices), arg.AddArray(devices));
   return arg;
 }
 
-IoctlArg EncodeSnapstoreFile(Napi::Env env, Napi::Object args) {
+Arg EncodeSnapstoreFile(Napi::Env env, Napi::Object args) {
   SnapstoreFileArg a{};
   ToSnapstoreId(env, args.Get("id"), a.id);
   std::vector<ByteRange> ranges = ToRanges(env, args.Get("ranges"));
   a.range_count = static_cast<uint32_t>(ranges.size());
-  IoctlArg arg;
+  Arg arg;
   arg.Add(a);
   arg.Point(0, offsetof(SnapstoreFileArg, ranges), arg.AddArray(ranges));
   return arg;
 }
 
-IoctlArg EncodeSnapstoreMemory(Napi::Env env, Napi::Object args) {
+Arg EncodeSnapstoreMemory(Napi::Env env, Napi::Object args) {
   SnapstoreMemoryArg a{};
   ToSnapstoreId(env, args.Get("id"), a.id);
   a.size = ToU64(env, args.Get("size"), "size");
-  IoctlArg arg;
+  Arg arg;
   arg.Add(a);
   return arg;
 }
 
-IoctlArg EncodeSnapstoreCleanup(Napi::Env env, Napi::Object args) {
+Arg EncodeSnapstoreCleanup(Napi::Env env, Napi::Object args) {
   SnapstoreCleanupArg a{};
   ToSnapstoreId(env, args.Get("id"), a.id);
-  IoctlArg arg;
+  Arg arg;
   arg.Add(a);
   return arg;
 }
 
-IoctlArg EncodeSnapstoreFileMultidev(Napi::Env env, Napi::Object args) {
+Arg EncodeSnapstoreFileMultidev(Napi::Env env, Napi::Object args) {
   SnapstoreFileMultidevArg a{};
   ToSnapstoreId(env, args.Get("id"), a.id);
   a.storage_dev = ToDevId(env, args.Get("device"), "device");
   std::vector<ByteRange> ranges = ToRanges(env, args.Get("ranges"));
   a.range_count = static_cast<uint32_t>(ranges.size());
-  IoctlArg arg;
+  Arg arg;
   arg.Add(a);
   arg.Point(0, offsetof(SnapstoreFileMultidevArg, ranges), arg.AddArray(ranges));
   return arg;
 }
 
-IoctlArg EncodeCollectImages(int32_t capacity) {
-  IoctlArg arg;
+Arg EncodeCollectImages(int32_t capacity) {
+  Arg arg;
   arg.Add(CollectSnapshotImagesArg{capacity, 0});
   if (capacity > 0) {
     arg.Point(0, offsetof(CollectSnapshotImagesArg, images), arg.AddZeroed(size_t(capacity) * sizeof(ImageInfo)));
@@ -403,7 +253,7 @@ IoctlArg EncodeCollectImages(int32_t capacity) {
   return arg;
 }
 
-IoctlArg EncodeCollectImagesJs(Napi::Env env, Napi::Object args) {
+Arg EncodeCollectImagesJs(Napi::Env env, Napi::Object args) {
   uint32_t capacity = args.Has("capacity") ? ToU32(env, args.Get("capacity"), "capacity") : 0;
   if (capacity > INT32_MAX) ThrowRange(env, "capacity", "at most 2^31-1");
   return EncodeCollectImages(static_cast<int32_t>(capacity));
@@ -417,7 +267,7 @@ int RunOnce(int fd, uint32_t request, Call& call) {
   return call.rc < 0 ? errno : 0;
 }
 
-int RunSingle(int fd, const IoctlDef& def, Call& call) { return RunOnce(fd, def.request, call); }
+int RunSingle(int fd, const Def& def, Call& call) { return RunOnce(fd, def.request, call); }
 
 // Both enumerations are two-phase: count, then fetch. A bounded number of rounds covers
 // objects appearing in between without looping forever.
@@ -425,7 +275,7 @@ constexpr int kEnumerationRounds = 8;
 
 // The kernel answers a too-small capacity with ENOBUFS and writes nothing, so the exact count
 // is a safe capacity: if a tracker appeared in between, count again.
-int RunTrackingCollect(int fd, const IoctlDef& def, Call& call) {
+int RunTrackingCollect(int fd, const Def& def, Call& call) {
   int err = 0;
   for (int round = 0; round < kEnumerationRounds; round++) {
     call.arg = EncodeTrackingCollect(0);
@@ -444,7 +294,7 @@ int RunTrackingCollect(int fd, const IoctlDef& def, Call& call) {
 // when images exist), then fetch with room for the module's maximum. If the count still
 // outgrew the capacity (impossible while the module caps images at 2048), probe again
 // instead of retrying with the count the failed call reported.
-int RunCollectImages(int fd, const IoctlDef& def, Call& call) {
+int RunCollectImages(int fd, const Def& def, Call& call) {
   int err = 0;
   for (int round = 0; round < kEnumerationRounds; round++) {
     call.arg = EncodeCollectImages(0);
@@ -564,7 +414,7 @@ Napi::Value DecodeCollectImages(Napi::Env env, const Call& call) {
   return out;
 }
 
-const IoctlDef kIoctls[] = {
+const Def kIoctls[] = {
     {"IOCTL_COMPATIBILITY_FLAGS", kIoctlCompatibilityFlags, sizeof(CompatibilityFlagsArg),
      EncodeOutput<CompatibilityFlagsArg>, RunSingle, DecodeCompatibilityFlags},
     {"IOCTL_GETVERSION", kIoctlGetVersion, sizeof(VersionArg), EncodeOutput<VersionArg>, RunSingle,
@@ -603,21 +453,7 @@ const IoctlDef kIoctls[] = {
      EncodeCollectImagesJs, RunCollectImages, DecodeCollectImages},
 };
 
-const IoctlDef* FindIoctl(const std::string& name) {
-  for (const IoctlDef& def : kIoctls) {
-    if (name == def.name) return &def;
-  }
-  return nullptr;
-}
-
-std::string ToName(Napi::Env env, Napi::Value v) {
-  if (!v.IsString()) ThrowType(env, "name", "a string");
-  return v.As<Napi::String>();
-}
-
-Napi::Object ArgsObject(Napi::Env env, Napi::Value v) {
-  return v.IsUndefined() ? Napi::Object::New(env) : ToObject(env, v, "args");
-}
+const ioctl::Table kTable{"veeamsnap", std::begin(kIoctls), std::end(kIoctls)};
 
 // ---- Pipe commands -------------------------------------------------------------------------
 
@@ -631,34 +467,16 @@ std::vector<uint8_t> Message(const Header& header, const std::vector<T>& items) 
 
 // ---- Test entries ------------------------------------------------------------------------
 
-Napi::Object EncodedToJs(Napi::Env env, IoctlArg& arg) {
-  Napi::Object o = Napi::Object::New(env);
-  Napi::Array blocks = Napi::Array::New(env, arg.BlockCount());
-  for (size_t i = 0; i < arg.BlockCount(); i++) {
-    blocks.Set(i, Napi::Buffer<uint8_t>::Copy(env, arg.Data(i), arg.Block(i).size()));
-  }
-  Napi::Array pointers = Napi::Array::New(env, arg.Pointers().size());
-  for (size_t i = 0; i < arg.Pointers().size(); i++) {
-    Napi::Object p = Napi::Object::New(env);
-    p.Set("block", arg.Pointers()[i].block);
-    p.Set("offset", arg.Pointers()[i].offset);
-    p.Set("target", arg.Pointers()[i].target);
-    pointers.Set(i, p);
-  }
-  o.Set("blocks", blocks);
-  o.Set("pointers", pointers);
-  return o;
-}
-
 // veeamsnapEncode(name, args) -> {request?, blocks: Buffer[], pointers: {block, offset, target}[]}
 // Block 0 is the ioctl argument (or the pipe message); pointer fields hold
 // veeamsnapPointerPlaceholder | target.
 Napi::Value Encode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::string name = ToName(env, info[0]);
+  if (!info[0].IsString()) ThrowType(env, "name", "a string");
+  std::string name = info[0].As<Napi::String>();
   Napi::Object args = ArgsObject(env, info[1]);
-  const IoctlDef* def = FindIoctl(name);
-  IoctlArg arg;
+  const Def* def = kTable.Find(name);
+  Arg arg;
   if (def != nullptr) {
     arg = def->encode(env, args);
     arg.LinkPlaceholders();
@@ -671,92 +489,9 @@ Napi::Value Encode(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// veeamsnapDecode(name, blocks: Buffer[], returnValue = 0): what the ioctl call would resolve
-// with, had the kernel left these bytes in its argument and buffers.
-Napi::Value Decode(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const IoctlDef* def = FindIoctl(ToName(env, info[0]));
-  if (def == nullptr) throw Napi::TypeError::New(env, "unknown ioctl name");
-  if (!info[1].IsArray()) ThrowType(env, "blocks", "an array of Buffers");
-  Napi::Array blocks = info[1].As<Napi::Array>();
-  Call call;
-  for (uint32_t i = 0; i < blocks.Length(); i++) {
-    Napi::Value b = blocks.Get(i);
-    if (!b.IsBuffer()) ThrowType(env, "blocks", "an array of Buffers");
-    call.arg.Add(b.As<Napi::Buffer<uint8_t>>().Data(), b.As<Napi::Buffer<uint8_t>>().Length());
-  }
-  if (call.arg.BlockCount() == 0 || call.arg.Block(0).size() != def->size) {
-    throw Napi::RangeError::New(env, "blocks[0] must have the argument's packed size");
-  }
-  call.rc = info[2].IsUndefined() ? 0 : static_cast<long>(ToU32(env, info[2], "returnValue"));
-  return def->decode(env, call);
-}
-
-// ---- The control handle --------------------------------------------------------------------
-
-// new VeeamsnapControlHandle(path); open(): Promise<void>; ioctl(name, args): Promise<result>;
-// close(): void (in-flight calls keep the descriptor until they finish).
-class ControlHandle : public Napi::ObjectWrap<ControlHandle> {
- public:
-  static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "VeeamsnapControlHandle",
-                       {InstanceMethod("open", &ControlHandle::Open), InstanceMethod("ioctl", &ControlHandle::Ioctl),
-                        InstanceMethod("close", &ControlHandle::Close)});
-  }
-
-  explicit ControlHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ControlHandle>(info) {
-    if (!info[0].IsString()) ThrowType(info.Env(), "path", "a string");
-    path_ = info[0].As<Napi::String>();
-  }
-
- private:
-  Napi::Value Open(const Napi::CallbackInfo& info) {
-    auto opened = std::make_shared<std::shared_ptr<Fd>>();
-    std::string path = path_;
-    return QueueSyscall(
-        info.Env(), "open", path_,
-        [opened, path] {
-          int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-          if (fd < 0) return errno;
-          *opened = std::make_shared<Fd>(fd);
-          return 0;
-        },
-        [opened, slot = slot_](Napi::Env env) {
-          *slot = *opened;
-          return env.Undefined();
-        });
-  }
-
-  Napi::Value Ioctl(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    std::string name = ToName(env, info[0]);
-    const IoctlDef* def = FindIoctl(name);
-    if (def == nullptr) throw Napi::TypeError::New(env, "unknown ioctl " + name);
-    auto call = std::make_shared<Call>();
-    call->arg = def->encode(env, ArgsObject(env, info[1]));
-    std::shared_ptr<Fd> fd = *slot_;
-    return QueueSyscall(
-        env, def->name, path_,
-        [def, call, fd] { return fd ? def->run(fd->fd, *def, *call) : EBADF; },
-        [def, call](Napi::Env env) { return def->decode(env, *call); });
-  }
-
-  void Close(const Napi::CallbackInfo&) { slot_->reset(); }
-
-  std::string path_;
-  // Touched on the JS thread only; workers hold their own reference to the Fd.
-  std::shared_ptr<std::shared_ptr<Fd>> slot_ = std::make_shared<std::shared_ptr<Fd>>();
-};
+Napi::Value Decode(const Napi::CallbackInfo& info) { return DecodeForTest(kTable, info); }
 
 }  // namespace
-
-Napi::Promise QueueSyscall(Napi::Env env, std::string syscall, std::string path, std::function<int()> work,
-                           std::function<Napi::Value(Napi::Env)> done) {
-  auto* worker = new SyscallWorker(env, std::move(syscall), std::move(path), std::move(work), std::move(done));
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
-}
 
 std::vector<uint8_t> EncodePipeCommand(Napi::Env env, const std::string& name, Napi::Object args) {
   if (name == "INITIATE") {
@@ -821,7 +556,7 @@ Napi::Object DecodePipeEvent(Napi::Env env, const uint8_t* data, size_t length) 
 void Register(Napi::Env env, Napi::Object exports) {
   Napi::Object requests = Napi::Object::New(env);
   Napi::Object sizes = Napi::Object::New(env);
-  for (const IoctlDef& def : kIoctls) {
+  for (const Def& def : kIoctls) {
     requests.Set(def.name, def.request);
     sizes.Set(def.name, def.size);
   }
@@ -839,10 +574,10 @@ void Register(Napi::Env env, Napi::Object exports) {
   sizes.Set("TERMINATE", sizeof(TerminateEvent));
   exports.Set("veeamsnapRequests", requests);
   exports.Set("veeamsnapSizes", sizes);
-  exports.Set("veeamsnapPointerPlaceholder", Napi::BigInt::New(env, kPointerPlaceholder));
+  exports.Set("veeamsnapPointerPlaceholder", Napi::BigInt::New(env, ioctl::kPointerPlaceholder));
   exports.Set("veeamsnapEncode", Napi::Function::New(env, Encode, "veeamsnapEncode"));
   exports.Set("veeamsnapDecode", Napi::Function::New(env, Decode, "veeamsnapDecode"));
-  exports.Set("VeeamsnapControlHandle", ControlHandle::Define(env));
+  exports.Set("VeeamsnapControlHandle", ioctl::ControlHandle<kTable>::Define(env, "VeeamsnapControlHandle"));
 }
 
 }  // namespace coriolis::veeamsnap

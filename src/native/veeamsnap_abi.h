@@ -322,24 +322,8 @@ static_assert(kIoctlSnapstoreCleanup == 0x4018562B);
 static_assert(kIoctlSnapstoreFileMultidev == 0x8024562C);
 static_assert(kIoctlCollectSnapshotImages == 0x400C5630);
 
-// ---- Helpers shared by the control device (veeamsnap.cc, which implements them) and the
-// snapstore pipe (snapstore_pipe.cc).
-
-// An open descriptor shared by everything that may still use it: close() only drops the
-// owner's reference, so a call in flight never sees the number reused by another open().
-struct Fd {
-  explicit Fd(int n) : fd(n) {}
-  ~Fd();
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  const int fd;
-};
-
-// Runs `work` (returns 0 or an errno) on the libuv pool. The promise rejects with
-// ErrnoError(errno, syscall, path), or resolves with `done(env)` on the JS thread.
-Napi::Promise QueueSyscall(Napi::Env env, std::string syscall, std::string path,
-                           std::function<int()> work,
-                           std::function<Napi::Value(Napi::Env)> done);
+// ---- Helpers of the pipe protocol, shared by veeamsnap.cc (which implements them, and whose
+// test entries use them) and the snapstore pipe (snapstore_pipe.cc).
 
 // Encodes one pipe command ("INITIATE", "NEXT_PORTION", "NEXT_PORTION_MULTIDEV") into the
 // exact bytes of its write(). Throws a JS TypeError/RangeError on bad arguments.
