@@ -21,6 +21,7 @@ import { makeTestCerts, type TestCerts } from '../test/helpers/certs';
 import { FakeExportRegistry } from '../test/nbd/helpers/fake-registry';
 import { run } from '../test/nbd/helpers/server';
 import { ownCpuSeconds, processCpuSeconds, withCpuUse, type CpuUse } from './cpu';
+import { freePort } from '../test/helpers/ports';
 
 const MiB = 1024 * 1024;
 const EXPORT_NAME = '1/bench';
@@ -71,14 +72,6 @@ function dropCaches(): void {
   } catch {
     // Not root: O_DIRECT contenders do not care; nbdkit's cache=none evicts as it goes.
   }
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 async function waitForPort(port: number, child: ChildProcess): Promise<void> {

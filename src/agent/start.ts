@@ -42,8 +42,8 @@ export interface RunningAgent {
   stop(drain?: DrainOptions): Promise<DrainReport>;
 }
 
-/** Where the engine keeps its own files: beside the database unless the config says otherwise. */
-function engineStateDir(config: Config): string {
+/** Where the simulated engine keeps its model of the kernel: beside the database unless the config says otherwise. */
+function simulatedStateDir(config: Config): string {
   return config.simulated.imageDir ?? path.join(path.dirname(config.databaseFile), 'engine');
 }
 
@@ -88,7 +88,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
 
     if (config.engine === 'simulated') {
       // The model of the kernel is up before the agent, as the kernel is.
-      const simulated = new SimulatedEngine({ disks: config.simulated.disks, stateDir: engineStateDir(config) });
+      const simulated = new SimulatedEngine({ disks: config.simulated.disks, stateDir: simulatedStateDir(config) });
       await simulated.start();
       engine = simulated;
       source = new SimulatedDiskCatalog(simulated.disks(), { log });

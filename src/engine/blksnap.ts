@@ -28,9 +28,9 @@ import {
 } from '../native/blksnap';
 import { DirectReader } from '../native/reader';
 import { SerialQueue } from '../core/serial';
-import { kernelError } from '../core/errors';
+import { errorCode, kernelError } from '../core/errors';
 import { sameDevice, showDevice, type ByteRange, type DeviceId } from '../core/devices';
-import type { ImageReader } from '../core/image';
+import { withReads, type ImageReader } from '../core/image';
 import type {
   SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore, SnapstoreEvent, SnapstoreOptions, SnapstoreUsage, TrackerInfo, EngineMemory,
 } from './types';
@@ -523,20 +523,14 @@ export class BlksnapEngine implements SnapshotEngine {
 
   async openImage(image: SnapshotImage): Promise<ImageReader> {
     const reader = await DirectReader.open(image.path);
-    return {
-      path: reader.path,
-      size: reader.size,
-      logicalBlockSize: reader.logicalBlockSize,
-      read: async (offset, length) => {
-        try {
-          return await reader.read(offset, length);
-        } catch (err) {
-          if ((err as { code?: string }).code !== 'ENOSPC') throw err;
-          throw kernelError('EIO', 'read', `${image.path}: the snapshot is corrupt (its difference storage ran out of space)`);
-        }
-      },
-      close: () => reader.close(),
-    };
+    return withReads(reader, async (offset, length) => {
+      try {
+        return await reader.read(offset, length);
+      } catch (err) {
+        if (errorCode(err) !== 'ENOSPC') throw err;
+        throw kernelError('EIO', 'read', `${image.path}: the snapshot is corrupt (its difference storage ran out of space)`);
+      }
+    });
   }
 
   // ---- events ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // The snapshot engine: the only door between the agent and the kernel. Everything above this
 // interface speaks in these domain terms and never knows which implementation is underneath:
-// veeamsnap.ts drives the kernel module, simulated.ts models it for machines without one.
+// veeamsnap.ts and blksnap.ts drive the kernel modules, simulated/ models them for machines
+// without one.
 import type { EventEmitter } from 'node:events';
 import type { ByteRange, DeviceId } from '../core/devices';
 import type { ImageReader } from '../core/image';

@@ -3,7 +3,7 @@
 // restarted agent serves exactly what it served before; the events tell the servers at once.
 import { EventEmitter } from 'node:events';
 import { AgentError, errorCode, notFound } from '../core/errors';
-import type { ImageReader } from '../core/image';
+import { withReads, type ImageReader } from '../core/image';
 import type { AgentState, CapturedVolume } from '../db/state';
 import type { SnapshotEngine } from '../engine/types';
 import { API_PREFIX, type Export, type ExportAddress, type ExportEvents, type ExportSource } from './types';
@@ -118,24 +118,18 @@ export class ExportRegistry extends EventEmitter<ExportEvents> implements Export
       image: { major: volume.imageMajor, minor: volume.imageMinor },
       path: volume.imagePath,
     });
-    return {
-      path: reader.path,
-      size: reader.size,
-      logicalBlockSize: reader.logicalBlockSize,
-      read: async (offset, length) => {
-        try {
-          return await reader.read(offset, length);
-        } catch (err) {
-          // An image that fails reads has usually lost its snapstore: find out and say so, as
-          // every later open will.
-          if (errorCode(err) !== 'EIO') throw err;
-          await this.healthCheck();
-          const now = this.state.snapshots.get(snapshotId);
-          if (now?.state === 'failed') throw failedError(snapshotId, now.failure ?? 'unknown');
-          throw err;
-        }
-      },
-      close: () => reader.close(),
-    };
+    return withReads(reader, async (offset, length) => {
+      try {
+        return await reader.read(offset, length);
+      } catch (err) {
+        // An image that fails reads has usually lost its snapstore: find out and say so, as
+        // every later open will.
+        if (errorCode(err) !== 'EIO') throw err;
+        await this.healthCheck();
+        const now = this.state.snapshots.get(snapshotId);
+        if (now?.state === 'failed') throw failedError(snapshotId, now.failure ?? 'unknown');
+        throw err;
+      }
+    });
   }
 }

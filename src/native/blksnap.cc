@@ -33,6 +33,10 @@ using ioctl::ToObject;
 using ioctl::ToU32;
 using ioctl::ToU64;
 using ioctl::Def;
+using ioctl::kEnumerationRounds;
+using ioctl::RunEnumeration;
+using ioctl::RunOnce;
+using ioctl::RunSingle;
 
 // ---- JavaScript values -> ABI fields ---------------------------------------------------------
 
@@ -192,34 +196,6 @@ Arg EncodeWaitEventJs(Napi::Env env, Napi::Object args) {
 }
 
 // ---- Runners (pool thread) -------------------------------------------------------------------
-
-int RunOnce(int fd, uint32_t request, Call& call) {
-  call.arg.Link();
-  call.rc = ::ioctl(fd, request, call.arg.Data(0));
-  return call.rc < 0 ? errno : 0;
-}
-
-int RunSingle(int fd, const Def& def, Call& call) { return RunOnce(fd, def.request, call); }
-
-// The enumerations are two-phase: a null array asks for the count, then the fetch. A count
-// that grew in between fails the fetch (ENOBUFS for trackers, ENODATA for snapshots and
-// images), so a bounded number of rounds counts again.
-constexpr int kEnumerationRounds = 8;
-
-template <typename Root, Arg (*Encode)(uint32_t)>
-int RunEnumeration(int fd, const Def& def, Call& call, int too_small) {
-  int err = 0;
-  for (int round = 0; round < kEnumerationRounds; round++) {
-    call.arg = Encode(0);
-    if ((err = RunOnce(fd, def.request, call)) != 0) return err;
-    uint32_t count = call.arg.Root<Root>().count;
-    if (count == 0) return 0;
-    call.arg = Encode(count);
-    err = RunOnce(fd, def.request, call);
-    if (err != too_small) return err;
-  }
-  return err;
-}
 
 int RunTrackerCollect(int fd, const Def& def, Call& call) {
   return RunEnumeration<TrackerCollectArg, EncodeTrackerCollect>(fd, def, call, ENOBUFS);
@@ -519,23 +495,13 @@ class EventWaiter : public Napi::ObjectWrap<EventWaiter> {
 }  // namespace
 
 void Register(Napi::Env env, Napi::Object exports) {
-  Napi::Object requests = Napi::Object::New(env);
-  Napi::Object sizes = Napi::Object::New(env);
-  for (const Def& def : kIoctls) {
-    requests.Set(def.name, def.request);
-    sizes.Set(def.name, def.size);
-  }
+  Napi::Object sizes = ioctl::ExportAbi(env, exports, "blksnap", kTable, Encode, Decode);
   sizes.Set("DevId", sizeof(DevId));
   sizes.Set("SectorRange", sizeof(SectorRange));
   sizes.Set("CbtInfo", sizeof(CbtInfo));
   sizes.Set("ImageInfo", sizeof(ImageInfo));
   sizes.Set("LowFreeSpaceData", sizeof(LowFreeSpaceData));
   sizes.Set("CorruptedData", sizeof(CorruptedData));
-  exports.Set("blksnapRequests", requests);
-  exports.Set("blksnapSizes", sizes);
-  exports.Set("blksnapPointerPlaceholder", Napi::BigInt::New(env, ioctl::kPointerPlaceholder));
-  exports.Set("blksnapEncode", Napi::Function::New(env, Encode, "blksnapEncode"));
-  exports.Set("blksnapDecode", Napi::Function::New(env, Decode, "blksnapDecode"));
   exports.Set("BlksnapControlHandle", ioctl::ControlHandle<kTable>::Define(env, "BlksnapControlHandle"));
   exports.Set("BlksnapEventWaiter", EventWaiter::Define(env));
 }

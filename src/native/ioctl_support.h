@@ -6,6 +6,7 @@
 #pragma once
 #include <fcntl.h>
 #include <napi.h>
+#include <sys/ioctl.h>
 
 #include <cmath>
 #include <cstdint>
@@ -139,6 +140,38 @@ struct Def {
   Napi::Value (*decode)(Napi::Env env, const Call& call);
 };
 
+// ---- Running an ioctl (pool thread) ----------------------------------------------------------
+
+// Links the argument's pointers and makes the call: 0 or an errno.
+inline int RunOnce(int fd, uint32_t request, Call& call) {
+  call.arg.Link();
+  call.rc = ::ioctl(fd, request, call.arg.Data(0));
+  return call.rc < 0 ? errno : 0;
+}
+
+inline int RunSingle(int fd, const Def& def, Call& call) { return RunOnce(fd, def.request, call); }
+
+// Enumerations are two-phase: an empty array asks for the count, then the fetch. A count that
+// grew in between fails the fetch with `tooSmall` (the kernel writes nothing then), so a
+// bounded number of rounds counts again. `Encode(capacity)` builds the argument; `Root` is its
+// fixed part, whose `count` the kernel fills in.
+constexpr int kEnumerationRounds = 8;
+
+template <typename Root, Arg (*Encode)(uint32_t)>
+int RunEnumeration(int fd, const Def& def, Call& call, int tooSmall) {
+  int err = 0;
+  for (int round = 0; round < kEnumerationRounds; round++) {
+    call.arg = Encode(0);
+    if ((err = RunOnce(fd, def.request, call)) != 0) return err;
+    uint32_t count = call.arg.Root<Root>().count;
+    if (count == 0) return 0;
+    call.arg = Encode(count);
+    err = RunOnce(fd, def.request, call);
+    if (err != tooSmall) return err;
+  }
+  return err;
+}
+
 // A module's table of ioctls, and what it calls itself in messages.
 struct Table {
   const char* module;
@@ -200,6 +233,25 @@ inline Napi::Value DecodeForTest(const Table& table, const Napi::CallbackInfo& i
   }
   call.rc = info[2].IsUndefined() ? 0 : static_cast<long>(ToU32(env, info[2], "returnValue"));
   return def.decode(env, call);
+}
+
+// Exports the ABI for its tests: <prefix>Requests and <prefix>Sizes (each ioctl's packed size;
+// the module adds its structs to the object returned), <prefix>PointerPlaceholder, and the
+// test entries <prefix>Encode and <prefix>Decode.
+inline Napi::Object ExportAbi(Napi::Env env, Napi::Object exports, const std::string& prefix, const Table& table,
+                              Napi::Value (*encode)(const Napi::CallbackInfo&), Napi::Value (*decode)(const Napi::CallbackInfo&)) {
+  Napi::Object requests = Napi::Object::New(env);
+  Napi::Object sizes = Napi::Object::New(env);
+  for (const Def* def = table.begin; def != table.end; ++def) {
+    requests.Set(def->name, def->request);
+    sizes.Set(def->name, def->size);
+  }
+  exports.Set(prefix + "Requests", requests);
+  exports.Set(prefix + "Sizes", sizes);
+  exports.Set(prefix + "PointerPlaceholder", Napi::BigInt::New(env, kPointerPlaceholder));
+  exports.Set(prefix + "Encode", Napi::Function::New(env, encode, prefix + "Encode"));
+  exports.Set(prefix + "Decode", Napi::Function::New(env, decode, prefix + "Decode"));
+  return sizes;
 }
 
 // ---- The control handle ----------------------------------------------------------------------

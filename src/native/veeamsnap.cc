@@ -24,6 +24,10 @@ using ioctl::Arg;
 using ioctl::ArgsObject;
 using ioctl::Call;
 using ioctl::Def;
+using ioctl::kEnumerationRounds;
+using ioctl::RunEnumeration;
+using ioctl::RunOnce;
+using ioctl::RunSingle;
 using ioctl::DecodeForTest;
 using ioctl::EncodedToJs;
 using ioctl::Load;
@@ -261,32 +265,10 @@ Arg EncodeCollectImagesJs(Napi::Env env, Napi::Object args) {
 
 // ---- Runners (pool thread) -----------------------------------------------------------------
 
-int RunOnce(int fd, uint32_t request, Call& call) {
-  call.arg.Link();
-  call.rc = ::ioctl(fd, request, call.arg.Data(0));
-  return call.rc < 0 ? errno : 0;
-}
-
-int RunSingle(int fd, const Def& def, Call& call) { return RunOnce(fd, def.request, call); }
-
-// Both enumerations are two-phase: count, then fetch. A bounded number of rounds covers
-// objects appearing in between without looping forever.
-constexpr int kEnumerationRounds = 8;
-
 // The kernel answers a too-small capacity with ENOBUFS and writes nothing, so the exact count
 // is a safe capacity: if a tracker appeared in between, count again.
 int RunTrackingCollect(int fd, const Def& def, Call& call) {
-  int err = 0;
-  for (int round = 0; round < kEnumerationRounds; round++) {
-    call.arg = EncodeTrackingCollect(0);
-    if ((err = RunOnce(fd, def.request, call)) != 0) return err;
-    uint32_t count = call.arg.Root<TrackingCollectArg>().count;
-    if (count == 0) return 0;
-    call.arg = EncodeTrackingCollect(count);
-    err = RunOnce(fd, def.request, call);
-    if (err != ENOBUFS) return err;
-  }
-  return err;
+  return RunEnumeration<TrackingCollectArg, EncodeTrackingCollect>(fd, def, call, ENOBUFS);
 }
 
 // A capacity below the real count makes the kernel write one record past its own buffer
@@ -554,12 +536,7 @@ Napi::Object DecodePipeEvent(Napi::Env env, const uint8_t* data, size_t length) 
 }
 
 void Register(Napi::Env env, Napi::Object exports) {
-  Napi::Object requests = Napi::Object::New(env);
-  Napi::Object sizes = Napi::Object::New(env);
-  for (const Def& def : kIoctls) {
-    requests.Set(def.name, def.request);
-    sizes.Set(def.name, def.size);
-  }
+  Napi::Object sizes = ioctl::ExportAbi(env, exports, "veeamsnap", kTable, Encode, Decode);
   sizes.Set("DevId", sizeof(DevId));
   sizes.Set("ByteRange", sizeof(ByteRange));
   sizes.Set("CbtInfo", sizeof(CbtInfo));
@@ -572,11 +549,6 @@ void Register(Napi::Env env, Napi::Object exports) {
   sizes.Set("HALFFILL", sizeof(HalffillEvent));
   sizes.Set("OVERFLOW", sizeof(OverflowEvent));
   sizes.Set("TERMINATE", sizeof(TerminateEvent));
-  exports.Set("veeamsnapRequests", requests);
-  exports.Set("veeamsnapSizes", sizes);
-  exports.Set("veeamsnapPointerPlaceholder", Napi::BigInt::New(env, ioctl::kPointerPlaceholder));
-  exports.Set("veeamsnapEncode", Napi::Function::New(env, Encode, "veeamsnapEncode"));
-  exports.Set("veeamsnapDecode", Napi::Function::New(env, Decode, "veeamsnapDecode"));
   exports.Set("VeeamsnapControlHandle", ioctl::ControlHandle<kTable>::Define(env, "VeeamsnapControlHandle"));
 }
 

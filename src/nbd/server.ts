@@ -34,7 +34,7 @@ export interface NbdServerOptions {
   port: number;
   /** Path of a Unix socket to listen on as well (same TLS mode). */
   unixSocket?: string | null;
-  /** Client certificate subjects or fingerprints (client-identity.ts); empty or absent admits every certificate the CA signed. */
+  /** Client certificate subjects or fingerprints (doors/allow-list.ts); empty or absent admits every certificate the CA signed. */
   allowedClients?: readonly string[];
   /** Connections at once, both listeners together; beyond it a new one takes the oldest handshake's slot, or is closed at once. */
   maxConnections: number;

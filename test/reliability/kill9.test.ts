@@ -10,7 +10,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -18,6 +17,8 @@ import { generateCertificates } from '../../src/cli/gen-certs';
 import { writeDemoDisk } from '../../src/cli/demo';
 import { request, type Response } from '../api/helpers/server';
 import { simulatedAgentToml } from '../helpers/agent-config';
+import { seeded } from '../helpers/seeded';
+import { freePort } from '../helpers/ports';
 
 const CYCLES = Number(process.env.CSA_KILL9_CYCLES ?? 20);
 const SEED = Number(process.env.CSA_KILL9_SEED ?? 11);
@@ -26,28 +27,8 @@ const DISK_SIZE = 16 * MiB;
 const DISKS = ['disk0', 'disk1'];
 const MAIN = path.join(__dirname, '..', '..', 'src', 'main.js');
 
-/** mulberry32: a small seeded generator, so a failing sequence can be replayed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const sha256 = (data: Buffer): string => crypto.createHash('sha256').update(data).digest('hex');
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** The agent as its own process, started from a config file like in production. */
 class AgentProcess {
@@ -125,7 +106,7 @@ test(`kill -9 at random points of create, delete and download: ${CYCLES} cycles,
     return res.body;
   };
 
-  const rng = random(SEED);
+  const rng = seeded(SEED);
   const pick = <T>(items: T[]): T => items[Math.floor(rng() * items.length)];
   const agent = new AgentProcess(configFile);
   t.after(() => agent.stop());

@@ -11,6 +11,7 @@ import {
   captureLogger, connectReady, EXPORT_NAME, EXPORT_SIZE, makeFixture, removeFixture, startServer, waitFor,
   type Fixture, type LogRecord, type Running,
 } from '../nbd/helpers/server';
+import { seeded } from '../helpers/seeded';
 
 const SEED = 0x5eed_2026;
 const SESSIONS = 2000;
@@ -19,18 +20,6 @@ const TLS_EVERY = 20;
 const CONCURRENCY = 16;
 /** Far above the server's own deadlines (1 s handshake, 1 s stall, 2 s idle): a session over this hangs. */
 const SESSION_TIMEOUT_MS = 15_000;
-
-/** mulberry32: small, fast, and the same sequence on every machine. */
-function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 class Dice {
   constructor(readonly random: () => number) {}
@@ -184,7 +173,7 @@ describe('NBD fuzzer', { timeout: 600_000 }, () => {
 
   it(`survives ${SESSIONS} hostile sessions from seed 0x${SEED.toString(16)}`, async (t) => {
     const fdsBefore = fs.readdirSync('/proc/self/fd').length;
-    const random = prng(SEED);
+    const random = seeded(SEED);
     let next = 0;
     let reachedData = 0;
     let overTls = 0;
@@ -192,7 +181,7 @@ describe('NBD fuzzer', { timeout: 600_000 }, () => {
     const worker = async (): Promise<void> => {
       while (next < SESSIONS) {
         const index = next++;
-        const dice = new Dice(prng(Math.floor(random() * 2 ** 32)));
+        const dice = new Dice(seeded(Math.floor(random() * 2 ** 32)));
         const session = index % TLS_EVERY === 0 ? tlsSession(dice).then(() => ({ reachedData: false })) : plainSession(dice);
         if (index % TLS_EVERY === 0) overTls++;
         let timer: NodeJS.Timeout | undefined;

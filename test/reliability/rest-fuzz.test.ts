@@ -14,6 +14,7 @@ import { after, before, test } from 'node:test';
 import { startE2eAgent, type E2eAgent } from '../e2e/helpers';
 import { openApiProblems } from '../api/helpers/openapi';
 import { agentClient, type Send } from '../api/helpers/server';
+import { seeded } from '../helpers/seeded';
 
 const MiB = 1024 * 1024;
 const CASES = Number(process.env.FUZZ_CASES ?? 2000);
@@ -35,18 +36,6 @@ before(async () => {
 });
 
 after(() => e2e.stop());
-
-/** mulberry32: small, fast, and the same sequence everywhere for a seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Case {
   method: string;
@@ -227,7 +216,7 @@ test(`${CASES} fuzzed requests (seed ${SEED}): every one answered, no 5xx, JSON 
   const created = await send('POST', '/snapshots/', JSON.stringify({ tracked_disk_ids: ['disk0'] }), { 'content-type': 'application/json' });
   assert.equal(created.status, 200);
   const snapshot = JSON.parse(created.body.toString()) as { snapshot_id: string; volume_snapshots: Array<{ generation_id: string }> };
-  const next = generator(prng(SEED), { snapshot: snapshot.snapshot_id, generation: snapshot.volume_snapshots[0].generation_id });
+  const next = generator(seeded(SEED), { snapshot: snapshot.snapshot_id, generation: snapshot.volume_snapshots[0].generation_id });
   const cases = Array.from({ length: CASES }, next);
 
   const failures: string[] = [];

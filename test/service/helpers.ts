@@ -2,12 +2,12 @@
 // simulated engine on free loopback ports, and the agent's command line as a child process.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { generateCertificates } from '../../src/cli/gen-certs';
 import { writeDemoDisk } from '../../src/cli/demo';
 import { simulatedAgentToml } from '../helpers/agent-config';
+import { freePort } from '../helpers/ports';
 
 export const MAIN = path.resolve(__dirname, '../../src/main.js');
 const MiB = 1024 * 1024;
@@ -20,15 +20,6 @@ export interface Scratch {
   apiPort: number;
   nbdPort: number;
   remove(): void;
-}
-
-/** A port nothing listens on right now. */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 export interface ScratchOptions {

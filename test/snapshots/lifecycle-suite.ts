@@ -5,7 +5,7 @@ import { afterEach, describe, test } from 'node:test';
 import type { SnapshotEngine, Snapstore } from '../../src/engine/types';
 import { isAgentError } from '../../src/core/errors';
 import { roundToMiB } from '../../src/storage/allocation';
-import { CHUNK, lifecycleEnv, MiB, pattern, readFile, snapstoreFiles, writeDisk, type EnvOptions, type LifecycleEnv, type Machine } from './helpers/env';
+import { assertNothingLeft, CHUNK, lifecycleEnv, MiB, pattern, readFile, writeDisk, type EnvOptions, type LifecycleEnv, type Machine } from './helpers/env';
 import { failingCalls, withOverrides } from '../helpers/engine-overrides';
 
 async function readImage(e: LifecycleEnv, snapshotId: string, diskId: string, offset: number, length: number): Promise<Buffer> {
@@ -35,19 +35,6 @@ function internalFailure(cause: RegExp) {
     assert.match((err.cause as Error).message, cause);
     return true;
   };
-}
-
-/** Nothing of a snapshot is left: no rows, no files, no kernel snapshot, snapstore or image. */
-async function assertNothingLeft(e: LifecycleEnv): Promise<void> {
-  assert.deepEqual(e.state.snapshots.list(), []);
-  assert.deepEqual(e.state.snapstores.list(), []);
-  assert.deepEqual(snapstoreFiles(e), []);
-  assert.deepEqual(await e.engine.listSnapshots(), []);
-  assert.deepEqual(await e.engine.listImages(), []);
-  for (const disk of e.disks) {
-    const row = e.state.disks.get(disk.id)!;
-    await assert.rejects(e.engine.snapshotHealth({ major: row.major, minor: row.minor }), { code: 'ENODATA' }, `no snapstore left for ${disk.id}`);
-  }
 }
 
 /** Wraps an engine so that one method fails, the way a kernel error would. */

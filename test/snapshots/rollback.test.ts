@@ -6,7 +6,7 @@ import { afterEach, describe, test } from 'node:test';
 import type { SnapshotEngine } from '../../src/engine/types';
 import { isAgentError } from '../../src/core/errors';
 import { injectFault } from '../../src/core/faults';
-import { lifecycleEnv, snapstoreFiles, type LifecycleEnv } from './helpers/env';
+import { assertNothingLeft, lifecycleEnv, type LifecycleEnv } from './helpers/env';
 import { failingCalls } from '../helpers/engine-overrides';
 
 const TIMEOUT = { timeout: 60_000 };
@@ -19,14 +19,6 @@ function failingOn(method: Parameters<typeof failingCalls>[0], failing: number[]
 /** Applies several engine wrappers, the first innermost. */
 function chain(...wraps: Array<(engine: SnapshotEngine) => SnapshotEngine>) {
   return (engine: SnapshotEngine): SnapshotEngine => wraps.reduce((inner, wrap) => wrap(inner), engine);
-}
-
-async function assertNothingLeft(e: LifecycleEnv): Promise<void> {
-  assert.deepEqual(e.state.snapshots.list(), []);
-  assert.deepEqual(e.state.snapstores.list(), []);
-  assert.deepEqual(snapstoreFiles(e), []);
-  assert.deepEqual(await e.engine.listSnapshots(), []);
-  assert.deepEqual(await e.engine.listImages(), []);
 }
 
 describe('a rollback that fails', () => {

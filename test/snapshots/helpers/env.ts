@@ -1,5 +1,6 @@
 // A small machine for lifecycle tests: two disk files, a snapstore location, the simulated
 // engine, a database and a manager, all in one temporary directory on a real filesystem.
+import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
@@ -165,4 +166,17 @@ export async function lifecycleEnv(options: EnvOptions = {}): Promise<LifecycleE
 /** Every file under the location: what must be empty when no snapshot lives. */
 export function snapstoreFiles(env: Pick<LifecycleEnv, 'location'>): string[] {
   return fs.readdirSync(env.location, { recursive: true }).map(String).sort();
+}
+
+/** Nothing of a snapshot is left: no rows, no files, no kernel snapshot, snapstore or image. */
+export async function assertNothingLeft(e: LifecycleEnv): Promise<void> {
+  assert.deepEqual(e.state.snapshots.list(), []);
+  assert.deepEqual(e.state.snapstores.list(), []);
+  assert.deepEqual(snapstoreFiles(e), []);
+  assert.deepEqual(await e.engine.listSnapshots(), []);
+  assert.deepEqual(await e.engine.listImages(), []);
+  for (const disk of e.disks) {
+    const row = e.state.disks.get(disk.id)!;
+    await assert.rejects(e.engine.snapshotHealth({ major: row.major, minor: row.minor }), { code: 'ENODATA' }, `no snapstore left for ${disk.id}`);
+  }
 }
