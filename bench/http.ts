@@ -19,12 +19,13 @@ import { parseArgs, promisify } from 'node:util';
 import { createApp } from '../src/api/app';
 import { DEFAULT_CONSUME_OPTIONS } from '../src/api/consume';
 import { SERVER_CIPHERS } from '../src/doors/tls';
-import { closeApiServer, createApiServer, listenApiServer } from '../src/api/server';
+import { createApiServer, listenApiServer } from '../src/api/server';
 import { generateCertificates } from '../src/cli/gen-certs';
 import { silentLogger } from '../src/core/log';
 import { configureReaderPool } from '../src/native/reader';
 import { FakeAgentService, HEALTHY_PROBES } from '../test/api/helpers/fake-service';
 import { ownCpuSeconds, processCpuSeconds, withCpuUse } from './cpu';
+import { closeApiServer } from '../test/api/helpers/server';
 
 const MiB = 1024 * 1024;
 const RANGE_BYTES = 10 * MiB;

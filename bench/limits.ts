@@ -24,7 +24,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { createApp } from '../src/api/app';
-import { closeApiServer, createApiServer, listenApiServer } from '../src/api/server';
+import { createApiServer, listenApiServer } from '../src/api/server';
 import { silentLogger } from '../src/core/log';
 import { createNbdServer } from '../src/nbd/server';
 import { Command } from '../src/nbd/wire';
@@ -33,6 +33,7 @@ import { FakeAgentService, HEALTHY_PROBES } from '../test/api/helpers/fake-servi
 import { makeTestCerts, type TestCerts } from '../test/helpers/certs';
 import { FakeExportRegistry } from '../test/nbd/helpers/fake-registry';
 import { connectReady } from '../test/nbd/helpers/server';
+import { closeApiServer } from '../test/api/helpers/server';
 
 const MiB = 1024 * 1024;
 const EXPORT_NAME = '1001/vda';

@@ -170,18 +170,3 @@ export function listenApiServer(server: https.Server, port: number, host: string
     });
   });
 }
-
-/**
- * Stops accepting, closes idle keep-alive connections, lets responses in progress finish for up
- * to `graceMs`, then cuts the rest (a download of a whole disk will not wait).
- */
-export function closeApiServer(server: https.Server, graceMs = 5_000): Promise<void> {
-  return new Promise((resolve) => {
-    const force = setTimeout(() => server.closeAllConnections(), graceMs);
-    server.close(() => {
-      clearTimeout(force);
-      resolve();
-    });
-    server.closeIdleConnections();
-  });
-}

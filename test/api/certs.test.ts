@@ -7,11 +7,11 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { createApp } from '../../src/api/app';
-import { closeApiServer, createApiServer, listenApiServer } from '../../src/api/server';
+import { createApiServer, listenApiServer } from '../../src/api/server';
 import { CERTIFICATE_FILES, generateCertificates, genCertsCommand } from '../../src/cli/gen-certs';
 import { silentLogger } from '../../src/core/log';
 import { FakeAgentService, HEALTHY_PROBES } from './helpers/fake-service';
-import { request, tempDir } from './helpers/server';
+import { closeApiServer, request, tempDir } from './helpers/server';
 
 let dir: string;
 

@@ -8,10 +8,10 @@ import type { AddressInfo } from 'node:net';
 import tls from 'node:tls';
 import bunyan from 'bunyan';
 import { createApp } from '../../src/api/app';
-import { closeApiServer, createApiServer, listenApiServer } from '../../src/api/server';
+import { createApiServer, listenApiServer } from '../../src/api/server';
 import { silentLogger } from '../../src/core/log';
 import { FakeAgentService, HEALTHY_PROBES } from './helpers/fake-service';
-import { randomFile, startServer, tempDir, testCerts, type TestServer } from './helpers/server';
+import { closeApiServer, randomFile, startServer, tempDir, testCerts, type TestServer } from './helpers/server';
 
 let dir: string;
 let service: FakeAgentService;

@@ -9,12 +9,12 @@ import { after, before, describe, test } from 'node:test';
 import bunyan from 'bunyan';
 import { createApp } from '../../src/api/app';
 import { parseClientMatcher, matchesClient } from '../../src/doors/allow-list';
-import { closeApiServer, createApiServer, listenApiServer, type ApiServerOptions } from '../../src/api/server';
+import { createApiServer, listenApiServer, type ApiServerOptions } from '../../src/api/server';
 import { createCertificateAuthority, issueCertificate, type IssuedCertificate } from '../../src/cli/gen-certs';
 import { silentLogger } from '../../src/core/log';
 import { makeTestCerts } from '../helpers/certs';
 import { FakeAgentService, HEALTHY_PROBES } from './helpers/fake-service';
-import { json, randomFile, request, tempDir, type ClientCredentials } from './helpers/server';
+import { closeApiServer, json, randomFile, request, tempDir, type ClientCredentials } from './helpers/server';
 
 const DAY = 24 * 60 * 60 * 1000;
 const now = Date.now();

@@ -10,7 +10,7 @@ import tls from 'node:tls';
 import { createApp, type AppOptions } from '../../../src/api/app';
 import type { HealthProbes } from '../../../src/api/health';
 import { HEALTHY_PROBES } from './fake-service';
-import { closeApiServer, createApiServer, listenApiServer, type ApiServerTimeouts } from '../../../src/api/server';
+import { createApiServer, listenApiServer, type ApiServerTimeouts } from '../../../src/api/server';
 import { silentLogger, type Logger } from '../../../src/core/log';
 import { makeTestCerts, type TestCerts } from '../../helpers/certs';
 
@@ -159,4 +159,19 @@ export function agentClient(apiUrl: string, certsDir: string, agent?: https.Agen
   const credentials = { cert: read('client-cert.pem'), key: read('client-key.pem') };
   const { port, pathname } = new URL(apiUrl);
   return (method, route, body, headers) => request(Number(port), ca, `${pathname}${route}`, { method, credentials, body, headers, agent });
+}
+
+/**
+ * Stops accepting, closes idle keep-alive connections, lets responses in progress finish for up
+ * to `graceMs`, then cuts the rest (a download of a whole disk will not wait).
+ */
+export function closeApiServer(server: https.Server, graceMs = 5_000): Promise<void> {
+  return new Promise((resolve) => {
+    const force = setTimeout(() => server.closeAllConnections(), graceMs);
+    server.close(() => {
+      clearTimeout(force);
+      resolve();
+    });
+    server.closeIdleConnections();
+  });
 }
