@@ -56,6 +56,13 @@ module.exports = {
       to: {},
     },
     {
+      name: 'every-room-known-even-alone',
+      comment: 'The same, for a file in a new folder that imports nothing.',
+      severity: 'error',
+      from: { orphan: true, path: '^src/', pathNot: [`^src/(${rooms.join('|')})/`, '^src/main\\.ts$'] },
+      to: {},
+    },
+    {
       name: 'main-imports',
       comment: 'src/main.ts dispatches commands: it imports the CLI, the agent, the config and the core.',
       severity: 'error',
