@@ -31,6 +31,7 @@ import type { DiskSource } from '../storage/disks';
 import { SimulatedDiskCatalog } from '../storage/simulated-catalog';
 import { ReadLimits } from '../doors/limits';
 import { sameDevice } from '../core/devices';
+import { API_PREFIX } from '../exports/types';
 
 export interface RunningAgent {
   service: AgentService;
@@ -189,7 +190,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
       snapshots: () => manager.listSnapshots(), snapstores: () => manager.listSnapstores(), cbt: () => trackedCbt(engine, state), httpConnections: () => openConnections(api), nbdConnections: () => nbd.connectionCount,
     }));
 
-    const apiUrl = `https://${urlHost(config.api.bind)}:${apiPort}/api/v1`;
+    const apiUrl = `https://${urlHost(config.api.bind)}:${apiPort}${API_PREFIX}`;
     const nbdUrl = `${config.nbd.tls === 'off' ? 'nbd' : 'nbds'}://${urlHost(config.nbd.bind)}:${nbdPort}`;
     log.info({ api: apiUrl, nbd: nbdUrl, engine: engine.kind, limits: config.limits }, 'agent ready');
     return { service, limits, apiUrl, nbdUrl, stop };

@@ -16,8 +16,7 @@ import {
 import { parseChangesQuery, parseCreateMappingBody, parseCreateSnapshotBody, parseDiskListQuery } from './params';
 import type { SystemInfoSources } from '../host/system';
 import { collectSystemInfo } from './systeminfo';
-
-export const API_PREFIX = '/api/v1';
+import { API_PREFIX } from '../exports/types';
 
 export interface RouteOptions {
   service: AgentService;

@@ -10,7 +10,8 @@ import { HOST_SOURCES } from '../../src/host/system';
 import { silentLogger } from '../../src/core/log';
 import { startE2eAgent, type E2eAgent } from '../e2e/helpers';
 import { FakeAgentService, HEALTHY_PROBES } from './helpers/fake-service';
-import { API_PREFIX, openApiProblems, templateOf } from './helpers/openapi';
+import { API_PREFIX } from '../../src/exports/types';
+import { openApiProblems, templateOf } from './helpers/openapi';
 import { agentClient, type Send } from './helpers/server';
 
 const paths = OPENAPI.paths as Record<string, Record<string, unknown>>;

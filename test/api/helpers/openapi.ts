@@ -3,8 +3,8 @@
 // Schema 2020-12, which OpenAPI 3.1 uses). Formats are not checked (no ajv-formats).
 import Ajv2020 from 'ajv/dist/2020';
 import OPENAPI from '../../../src/api/openapi.json';
+import { API_PREFIX } from '../../../src/exports/types';
 
-export const API_PREFIX = '/api/v1';
 
 interface MediaType { schema?: unknown }
 interface ResponseObject { $ref?: string; content?: Record<string, MediaType>; headers?: Record<string, unknown> }
