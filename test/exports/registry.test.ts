@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { afterEach, test } from 'node:test';
-import { DISK_SIZE, lifecycleEnv, MiB, pattern, writeDisk, type LifecycleEnv } from '../snapshots/helpers/env';
+import { DISK_SIZE, lifecycleEnv, MiB, nextEvent, pattern, writeDisk, type LifecycleEnv } from '../snapshots/helpers/env';
 
 let env: LifecycleEnv | undefined;
 afterEach(async () => {
@@ -43,11 +42,9 @@ test('exports come back after a restart, and a failed snapshot\'s exports refuse
   assert.deepEqual(registry.list().map((x) => x.name), [name]);
 
   // An overflow whose failure is never announced must fail this test, not hang it.
-  const failed = once(registry, 'failed', { signal: AbortSignal.timeout(30_000) }) as Promise<[string, string]>;
-  // The engine's and manager's timers do not hold the process open; this one does meanwhile.
-  const keepAlive = setInterval(() => undefined, 1000);
+  const failed = nextEvent(registry, 'failed', 30_000) as Promise<[string, string]>;
   writeDisk(env.disks[0].path, 0, pattern(60 * MiB, 3));
-  const [failedName, reason] = await failed.finally(() => clearInterval(keepAlive));
+  const [failedName, reason] = await failed;
   assert.equal(failedName, name);
   assert.match(reason, /ran out of space/);
   assert.match(registry.get(name)!.failure ?? '', /ran out of space/);

@@ -2,7 +2,6 @@
 // resumes (the "at risk" state), a failed snapshot's snapstore left alone, a full location, and
 // a read that races an overflow.
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { afterEach, describe, test } from 'node:test';
 import type { SimulatedEngine } from '../../src/engine/simulated/engine';
 import type { SnapshotEngine, Snapstore } from '../../src/engine/types';
@@ -10,7 +9,7 @@ import { isAgentError } from '../../src/core/errors';
 import type { AgentService } from '../../src/api/service';
 import { roundToMiB } from '../../src/storage/allocation';
 import { startServer } from '../api/helpers/server';
-import { CHUNK, lifecycleEnv, MiB, pattern, snapstoreFiles, writeDisk, type LifecycleEnv } from './helpers/env';
+import { CHUNK, lifecycleEnv, MiB, nextEvent, pattern, snapstoreFiles, writeDisk, type LifecycleEnv } from './helpers/env';
 import { withOverrides } from '../helpers/engine-overrides';
 
 const TIMEOUT = { timeout: 60_000 };
@@ -142,7 +141,7 @@ describe('snapstores', () => {
     space.full = true;
     overwrite(env, 0, initial - CHUNK + 2 * MiB, 50);
     await waitFor('the snapstore is at risk', async () => (await store(env!)).atRisk !== null);
-    const failed = once(env.exports, 'failed', { signal: AbortSignal.timeout(20_000) });
+    const failed = nextEvent(env.exports, 'failed');
     overwrite(env, initial - CHUNK + 2 * MiB, CHUNK, 51);
     const [, reason] = (await failed) as [string, string];
     assert.match(reason, /ran out of space/);

@@ -1,6 +1,7 @@
 // A small machine for lifecycle tests: two disk files, a snapstore location, the simulated
 // engine, a database and a manager, all in one temporary directory on a real filesystem.
 import assert from 'node:assert/strict';
+import { once, type EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
@@ -178,5 +179,19 @@ export async function assertNothingLeft(e: LifecycleEnv): Promise<void> {
   for (const disk of e.disks) {
     const row = e.state.disks.get(disk.id)!;
     await assert.rejects(e.engine.snapshotHealth({ major: row.major, minor: row.minor }), { code: 'ENODATA' }, `no snapstore left for ${disk.id}`);
+  }
+}
+
+/**
+ * The arguments of `emitter`'s next `event`, or a failure after `ms`. The wait keeps the
+ * process alive: the engine's and the manager's timers do not (they are unref'd), so without it
+ * node:test may find an empty event loop and cancel the test before the event can come.
+ */
+export async function nextEvent(emitter: EventEmitter, event: string, ms = 20_000): Promise<unknown[]> {
+  const keepAlive = setTimeout(() => undefined, ms);
+  try {
+    return (await once(emitter, event, { signal: AbortSignal.timeout(ms) })) as unknown[];
+  } finally {
+    clearTimeout(keepAlive);
   }
 }
