@@ -132,6 +132,7 @@ export async function startAgent(config: Config, log: Logger): Promise<RunningAg
       deleteSnapshot: (id) => manager.deleteSnapshot(id),
       changes: (snapshotId, diskId, request) => manager.changes(snapshotId, diskId, request),
       openImage: (snapshotId, diskId) => registry.openByVolume(snapshotId, diskId),
+      knownZeros: (snapshotId, diskId) => registry.knownZeros(snapshotId, diskId),
       listSnapstores: () => manager.listSnapstores(),
       listLocations: () => inventory.listLocations(),
       listMappings: () => inventory.listMappings(),

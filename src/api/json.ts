@@ -76,7 +76,10 @@ export function changesToJSON(changes: SnapshotChanges): object {
     snapshot_id: changes.snapshotId,
     cbt_block_size_bytes: changes.cbtBlockSize,
     backup_type: changes.backupType,
-    ranges: changes.ranges.map((range) => ({ start_offset: range.offset, length: range.length })),
+    // `zero` only when the client asked for it (markZeroRanges): old clients get the JSON they always did.
+    ranges: changes.ranges.map((range) => (range.zero === undefined
+      ? { start_offset: range.offset, length: range.length }
+      : { start_offset: range.offset, length: range.length, zero: range.zero })),
   };
 }
 

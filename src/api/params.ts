@@ -6,6 +6,7 @@ import type { ParsedUrlQuery } from 'node:querystring';
 import type { DiskListOptions } from '../inventory/types';
 import type { ChangesRequest } from '../snapshots/types';
 import { invalid } from '../core/errors';
+import { MAX_DIGEST_BLOCK_SIZE, MIN_DIGEST_BLOCK_SIZE, type DigestRequest } from '../exports/digests';
 
 /** One value of a query parameter; undefined when absent or empty (Go's default for both). */
 function single(query: ParsedUrlQuery, name: string): string | undefined {
@@ -59,6 +60,29 @@ export function parseChangesQuery(query: ParsedUrlQuery): ChangesRequest {
     request.previousNumber = Number(number);
   }
   return request;
+}
+
+/** changes?markZeroRanges: split the ranges where the image switches between zeros and data. */
+export const parseMarkZeroRanges = (query: ParsedUrlQuery): boolean => parseBoolean(query, 'markZeroRanges', false);
+
+/** A byte count in decimal digits, at least `min`; undefined when absent. */
+function byteCount(query: ParsedUrlQuery, name: string, min: number): number | undefined {
+  const value = single(query, name);
+  if (value === undefined) return undefined;
+  const number = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(number) || number < min) {
+    throw invalid(`query parameter ${name} must be an integer number of bytes from ${min} to ${Number.MAX_SAFE_INTEGER}, got ${JSON.stringify(value)}`);
+  }
+  return number;
+}
+
+/** The digests route's window, as far as it can be checked without the image (exports/digests.ts checks the rest). */
+export function parseDigestQuery(query: ParsedUrlQuery): DigestRequest {
+  const blockSize = byteCount(query, 'block_size', 0);
+  if (blockSize !== undefined && (blockSize < MIN_DIGEST_BLOCK_SIZE || blockSize > MAX_DIGEST_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0)) {
+    throw invalid(`query parameter block_size must be a power of two from ${MIN_DIGEST_BLOCK_SIZE} to ${MAX_DIGEST_BLOCK_SIZE}, got ${blockSize}`);
+  }
+  return { blockSize, start: byteCount(query, 'start', 0), length: byteCount(query, 'length', 1) };
 }
 
 /** A decoded body: a JSON object, or the fields of a form. */

@@ -13,7 +13,8 @@ import { consumeImage, type ConsumeOptions } from './consume';
 import {
   changesToJSON, diskToJSON, locationToJSON, mappingToJSON, snapshotToJSON, snapstoreToJSON,
 } from './json';
-import { parseChangesQuery, parseCreateMappingBody, parseCreateSnapshotBody, parseDiskListQuery } from './params';
+import { parseChangesQuery, parseCreateMappingBody, parseCreateSnapshotBody, parseDiskListQuery, parseMarkZeroRanges } from './params';
+import { digestRoute, markZeroChanges } from './digests';
 import type { SystemInfoSources } from '../host/system';
 import { collectSystemInfo } from './systeminfo';
 import { API_PREFIX } from '../exports/types';
@@ -57,9 +58,12 @@ export function apiRouter(options: RouteOptions): Router {
   });
   router.get('/snapshots/:snapshotId/changes/:diskId', async (ctx) => {
     const request = parseChangesQuery(ctx.query);
-    ctx.body = changesToJSON(await service.changes(ctx.params.snapshotId, ctx.params.diskId, request));
+    const markZeros = parseMarkZeroRanges(ctx.query);
+    const changes = await service.changes(ctx.params.snapshotId, ctx.params.diskId, request);
+    ctx.body = changesToJSON(markZeros ? await markZeroChanges(service, changes, ctx.res, ctx.req.socket, options.consume.limits) : changes);
   });
   router.get('/snapshots/:snapshotId/consume/:diskId', consumeImage(service, options.consume));
+  router.get('/snapshots/:snapshotId/digests/:diskId', digestRoute(service, options.consume.limits));
 
   router.get('/snapstores', async (ctx) => {
     ctx.body = (await service.listSnapstores()).map(snapstoreToJSON);

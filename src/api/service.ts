@@ -2,6 +2,7 @@
 // agent's composition (agent/start.ts) provides it from the inventory, the snapshot manager
 // and the export registry; nothing here knows about HTTP. Failures are AgentErrors.
 import type { ImageReader } from '../core/image';
+import type { ZeroExtents } from '../exports/zeros';
 import type { DiskEntry, DiskListOptions, LocationInfo, MappingInfo } from '../inventory/types';
 import type { ChangesRequest, Snapshot, SnapshotChanges, SnapstoreInfo } from '../snapshots/types';
 
@@ -19,6 +20,8 @@ export interface AgentService {
   changes(snapshotId: string, trackedDiskId: string, request: ChangesRequest): Promise<SnapshotChanges>;
   /** A reader of one volume's image, through the export registry; Conflict when the snapshot has failed. The caller closes it. */
   openImage(snapshotId: string, trackedDiskId: string): Promise<ImageReader>;
+  /** What is known to be all zeros in a served volume's image, kept with its export; passes over its bytes add to it. */
+  knownZeros(snapshotId: string, trackedDiskId: string): ZeroExtents;
 
   listSnapstores(): Promise<SnapstoreInfo[]>;
   listLocations(): Promise<LocationInfo[]>;

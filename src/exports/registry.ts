@@ -6,6 +6,7 @@ import { AgentError, errorCode, notFound } from '../core/errors';
 import { withReads, type ImageReader } from '../core/image';
 import type { AgentState, CapturedVolume } from '../db/state';
 import type { SnapshotEngine } from '../engine/types';
+import { ZeroExtents } from './zeros';
 import { API_PREFIX, type Export, type ExportAddress, type ExportEvents, type ExportSource } from './types';
 
 export const exportName = (snapshotId: string, diskId: string): string => `${snapshotId}/${diskId}`;
@@ -22,6 +23,8 @@ const failedError = (snapshotId: string, reason: string): AgentError =>
 export class ExportRegistry extends EventEmitter<ExportEvents> implements ExportSource {
   /** Asked when an image answers EIO: finds out whether its snapshot has failed meanwhile. */
   private healthCheck: () => Promise<void> = async () => {};
+  /** What passes over each export's bytes found to be zero (zeros.ts), by export name; in memory only. */
+  private readonly zeros = new Map<string, ZeroExtents>();
 
   constructor(private readonly options: RegistryOptions) {
     super();
@@ -49,7 +52,10 @@ export class ExportRegistry extends EventEmitter<ExportEvents> implements Export
   withdraw(snapshotId: string): string[] {
     const names = this.state.exports.of(snapshotId).map((row) => row.name);
     this.state.exports.deleteOfSnapshot(snapshotId);
-    for (const name of names) this.emit('removed', name);
+    for (const name of names) {
+      this.zeros.delete(name);
+      this.emit('removed', name);
+    }
     return names;
   }
 
@@ -82,7 +88,24 @@ export class ExportRegistry extends EventEmitter<ExportEvents> implements Export
       sizeBytes: volume.sizeBytes,
       cbt: { generationId: volume.generationId, snapshotNumber: volume.snapshotNumber, blockSize: volume.cbtBlockSize, map: volume.cbtMap },
       failure,
+      knownZeros: this.zerosOf(name),
     };
+  }
+
+  /** What is known to be zero in a served export's image; passes over its bytes add to it. NotFound when it is not served. */
+  knownZeros(snapshotId: string, diskId: string): ZeroExtents {
+    const name = exportName(snapshotId, diskId);
+    if (this.lookUp(name) === undefined) throw notFound(`snapshot ${snapshotId} has no served volume of disk ${diskId}`);
+    return this.zerosOf(name);
+  }
+
+  private zerosOf(name: string): ZeroExtents {
+    let zeros = this.zeros.get(name);
+    if (zeros === undefined) {
+      zeros = new ZeroExtents();
+      this.zeros.set(name, zeros);
+    }
+    return zeros;
   }
 
   async open(name: string): Promise<ImageReader> {

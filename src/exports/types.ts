@@ -3,6 +3,7 @@
 // lists; an export that is withdrawn stops being served at once.
 import type { EventEmitter } from 'node:events';
 import type { ImageReader } from '../core/image';
+import type { ZeroExtents } from './zeros';
 
 /** The REST API's root; the consume paths of the exports live under it. */
 export const API_PREFIX = '/api/v1';
@@ -26,6 +27,8 @@ export interface Export extends ExportAddress {
   cbt: { generationId: string; snapshotNumber: number; blockSize: number; map: Buffer };
   /** Set when the snapshot's data can no longer be trusted (reads must fail with EIO). */
   failure: string | null;
+  /** Ranges known to read as zeros (found by digest passes or zero-marking changes queries). */
+  knownZeros: ZeroExtents;
 }
 
 export interface ExportEvents {

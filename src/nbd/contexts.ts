@@ -1,7 +1,9 @@
 // Metadata contexts an export offers to NBD_CMD_BLOCK_STATUS:
 //
-// - base:allocation: every byte of a snapshot image is allocated data, so every extent has
-//   flags 0 (never a hole, contents not known to be zero), which is always correct.
+// - base:allocation: every byte of a snapshot image is allocated data (never a hole); extents
+//   that a pass over the image's bytes found to be all zeros (a digest pass or a zero-marking
+//   changes query, kept with the export: exports/zeros.ts) have NBD_STATE_ZERO, the rest 0.
+//   Both are always correct: what is not known to be zero is not claimed to be.
 // - qemu:dirty-bitmap:since-<p>, for each earlier snapshot p = 1..n-1 of the export's CBT
 //   generation (n being the export's own snapshot number): flag 1 (dirty) on the blocks
 //   changed after snapshot p, by the one rule of snapshots/changes.ts (which REST's changes
@@ -9,7 +11,7 @@
 import type { Export } from '../exports/types';
 import { changedSince } from '../snapshots/changes';
 import {
-  BASE_ALLOCATION_CONTEXT, BASE_NAMESPACE, DirtyState, MAX_EXTENTS_PER_CHUNK, QEMU_DIRTY_BITMAP_PREFIX, QEMU_NAMESPACE,
+  AllocationState, BASE_ALLOCATION_CONTEXT, BASE_NAMESPACE, DirtyState, MAX_EXTENTS_PER_CHUNK, QEMU_DIRTY_BITMAP_PREFIX, QEMU_NAMESPACE,
   type Extent,
 } from './wire';
 
@@ -55,8 +57,19 @@ export function selectContexts(exported: Export, queries: readonly string[]): Me
  */
 export function contextExtents(context: MetaContext, exported: Export, offset: number, length: number,
   maxExtents = MAX_EXTENTS_PER_CHUNK): Extent[] {
-  if (context.kind === 'allocation') return [{ length, flags: 0 }];
+  if (context.kind === 'allocation') return allocationExtents(exported, offset, offset + length, maxExtents);
   return dirtyExtents(exported, context.sinceSnapshot, offset, offset + length, maxExtents);
+}
+
+function allocationExtents(exported: Export, start: number, end: number, maxExtents: number): Extent[] {
+  const extents: Extent[] = [];
+  for (let position = start; position < end && extents.length < maxExtents;) {
+    const state = exported.knownZeros.stateAt(position);
+    const stop = Math.min(state.end, end);
+    extents.push({ length: stop - position, flags: state.zero ? AllocationState.ZERO : 0 });
+    position = stop;
+  }
+  return extents;
 }
 
 function dirtyExtents(exported: Export, since: number, start: number, end: number, maxExtents: number): Extent[] {

@@ -138,6 +138,12 @@ export const QEMU_NAMESPACE = 'qemu:';
 /** qemu's namespace for dirty bitmaps: `qemu:dirty-bitmap:<bitmap name>`. */
 export const QEMU_DIRTY_BITMAP_PREFIX = 'qemu:dirty-bitmap:';
 
+/** base:allocation flags. */
+export const AllocationState = {
+  HOLE: 1 << 0,
+  ZERO: 1 << 1,
+} as const;
+
 /** qemu:dirty-bitmap flags. */
 export const DirtyState = {
   DIRTY: 1 << 0,

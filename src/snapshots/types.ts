@@ -46,7 +46,8 @@ export interface SnapshotChanges {
   snapshotId: string;
   cbtBlockSize: number;
   backupType: 'full' | 'incremental';
-  ranges: Array<{ offset: number; length: number }>;
+  /** `zero`: whether the range reads as all zeros, only when the client asked (the changes route's markZeroRanges). */
+  ranges: Array<{ offset: number; length: number; zero?: boolean }>;
 }
 
 export interface SnapstoreInfo {

@@ -91,6 +91,13 @@ describe('real answers of an agent conform to it', () => {
     assert.equal(await check('HEAD', `/snapshots/${id}/consume/disk0`), 200);
     assert.equal(await check('GET', `/snapshots/${id}/consume/disk0`), 200);
     assert.equal(await check('GET', `/snapshots/${id}/consume/disk9`), 404);
+    assert.equal(await check('GET', `/snapshots/${id}/changes/disk0?markZeroRanges=true`), 200);
+    assert.equal(await check('GET', `/snapshots/${id}/digests/disk0?block_size=16777216`), 200);
+    assert.equal(await check('GET', `/snapshots/${id}/digests/disk0/?length=65536`, { headers: { accept: 'application/vnd.coriolis.digests' } }), 200);
+    assert.equal(await check('HEAD', `/snapshots/${id}/digests/disk0`), 200);
+    assert.equal(await check('GET', `/snapshots/${id}/digests/disk0?block_size=1000`), 400);
+    assert.equal(await check('GET', `/snapshots/${id}/digests/disk0`, { headers: { accept: 'application/json' } }), 406);
+    assert.equal(await check('GET', `/snapshots/${id}/digests/disk9`), 404);
     assert.equal(await check('GET', '/snapstores/'), 200);
     assert.equal(await check('GET', '/snapstorelocations'), 200);
     assert.equal(await check('GET', '/snapstoremappings'), 200);

@@ -3,12 +3,14 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Export } from '../../src/exports/types';
+import { ZeroExtents } from '../../src/exports/zeros';
 import { contextExtents, exportContexts, listContexts, selectContexts, type MetaContext } from '../../src/nbd/contexts';
 import { computeChanges } from '../../src/snapshots/changes';
 
 function exportWith(cbt: Export['cbt'], sizeBytes: number): Export {
   return {
     name: '5/vda', snapshotId: '5', trackedDiskId: 'vda', httpPath: '/x', description: '', sizeBytes, cbt, failure: null,
+    knownZeros: new ZeroExtents(),
   };
 }
 
@@ -45,6 +47,19 @@ describe('NBD metadata contexts', () => {
 
   it('reports all data as allocated, exactly over the request', () => {
     assert.deepEqual(contextExtents({ name: 'base:allocation', kind: 'allocation' }, exported, 100, 5000), [{ length: 5000, flags: 0 }]);
+  });
+
+  it('reports NBD_STATE_ZERO exactly where the export is known to be zero, within the request and maxExtents', () => {
+    const zeroed = exportWith(exported.cbt, exported.sizeBytes);
+    zeroed.knownZeros.add(BLOCK, 2 * BLOCK);
+    zeroed.knownZeros.add(6 * BLOCK, 2 * BLOCK + 512);
+    const allocation: MetaContext = { name: 'base:allocation', kind: 'allocation' };
+    assert.deepEqual(contextExtents(allocation, zeroed, 0, zeroed.sizeBytes), [
+      { length: BLOCK, flags: 0 }, { length: 2 * BLOCK, flags: 2 }, { length: 3 * BLOCK, flags: 0 }, { length: 2 * BLOCK + 512, flags: 2 },
+    ]);
+    assert.deepEqual(contextExtents(allocation, zeroed, BLOCK + 100, 200), [{ length: 200, flags: 2 }]);
+    assert.deepEqual(contextExtents(allocation, zeroed, 2 * BLOCK, 2 * BLOCK), [{ length: BLOCK, flags: 2 }, { length: BLOCK, flags: 0 }]);
+    assert.deepEqual(contextExtents(allocation, zeroed, 0, zeroed.sizeBytes, 1), [{ length: BLOCK, flags: 0 }]);
   });
 
   it('marks the blocks whose stamp is after p and at most the export snapshot as dirty', () => {

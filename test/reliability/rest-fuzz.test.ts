@@ -62,16 +62,18 @@ function generator(random: () => number, ids: { snapshot: string; generation: st
   const templates = [
     '/disks', '/disks/{d}', '/snapshots', '/snapshots/{s}', '/snapshots/{s}/changes/{d}', '/snapshots/{s}/changes/{d}',
     '/snapshots/{s}/consume/{d}', '/snapshots/{s}/consume/{d}', '/snapshots/{s}/consume/{d}', '/snapshots/{s}/consume/{d}',
-    '/snapstores', '/snapstorelocations', '/snapstoremappings', '/systeminfo', '/health', '/metrics', '/openapi.json',
-    '', '/', '/nothing', '/snapshots/{s}/consume', '/snapshots/{s}/changes/{d}/extra',
+    '/snapshots/{s}/digests/{d}', '/snapshots/{s}/digests/{d}', '/snapstores', '/snapstorelocations', '/snapstoremappings', '/systeminfo', '/health', '/metrics', '/openapi.json',
+    '', '/', '/nothing', '/snapshots/{s}/consume', '/snapshots/{s}/changes/{d}/extra', '/snapshots/{s}/digests',
   ];
   const queryValue = (): string => pick([
     'true', 'True', '1', '0', 'false', '', 'yes', '%', '%ZZ', '%00', '-1', '4294967295', '4294967296', '1e3', '0x10', ' 1',
     ids.generation, ids.generation.toUpperCase(), `{${ids.generation}}`, 'not-a-uuid', '2', '3', '255', '99999999999999999999',
+    '65536', '67108864', '134217728', '4194304', '1048576', '4095',
   ]);
   const query = (): string => {
     if (!chance(0.4)) return '';
-    const names = ['includeVirtual', 'includeSwap', 'previousGenerationID', 'previousNumber', 'x', '__proto__', '', 'previousnumber'];
+    const names = ['includeVirtual', 'includeSwap', 'previousGenerationID', 'previousNumber', 'x', '__proto__', '', 'previousnumber',
+      'markZeroRanges', 'block_size', 'start', 'length'];
     const pairs = Array.from({ length: 1 + int(4) }, () => (chance(0.1) ? pick(names) : `${pick(names)}=${queryValue()}`));
     return `?${pairs.join(pick(['&', '&&', ';']))}${chance(0.05) ? '#frag' : ''}`;
   };
@@ -121,6 +123,9 @@ function generator(random: () => number, ids: { snapshot: string; generation: st
     if (chance(0.02)) headers.push(['Content-Length', '1'], ['Content-Length', '2']);
     if (chance(0.03)) headers.push(['Transfer-Encoding', pick(['gzip', 'chunked, identity', 'identity'])]);
     if (chance(0.02)) headers.push(['Accept', '\u0001']);
+    if (chance(target.includes('/digests/') ? 0.5 : 0.02)) {
+      headers.push(['Accept', pick(['application/x-ndjson', 'application/vnd.coriolis.digests', 'application/json', '*/*', 'text/*;q=0', ',,;q=x', ''])]);
+    }
     let framed: Buffer = payload;
     if (chance(0.1) && !headers.some(([name]) => name === 'Transfer-Encoding')) {
       headers.push(['Transfer-Encoding', 'chunked']);

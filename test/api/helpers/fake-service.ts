@@ -5,6 +5,7 @@ import type { HealthProbes } from '../../../src/api/health';
 import type { ImageReader } from '../../../src/core/image';
 import { conflict, notFound } from '../../../src/core/errors';
 import { DirectReader } from '../../../src/native/reader';
+import { ZeroExtents } from '../../../src/exports/zeros';
 import type { AgentService } from '../../../src/api/service';
 import type { DiskEntry, DiskListOptions, LocationInfo, MappingInfo } from '../../../src/inventory/types';
 import type { ChangesRequest, Snapshot, SnapshotChanges, SnapstoreInfo } from '../../../src/snapshots/types';
@@ -74,6 +75,8 @@ export class FakeAgentService implements AgentService {
   bytesRequested = 0;
   /** Disk -> why its snapstore could not grow, as the watchers report it. */
   readonly atRisk = new Map<string, string>();
+  /** What passes found to be zero, by `snapshot/disk`, as the export registry keeps it. */
+  readonly zeros = new Map<string, ZeroExtents>();
   /** Set to make openImage hand out readers that fail after this many bytes. */
   failReadsAfter: number | undefined;
   readonly calls: { listDisks: DiskListOptions[]; changes: ChangesRequest[]; createSnapshot: string[][] } = {
@@ -202,6 +205,17 @@ export class FakeAgentService implements AgentService {
       },
     };
     return this.failReadsAfter === undefined ? reader : new FailingReader(reader, this.failReadsAfter);
+  }
+
+  knownZeros(snapshotId: string, trackedDiskId: string): ZeroExtents {
+    this.volume(snapshotId, trackedDiskId);
+    const name = `${snapshotId}/${trackedDiskId}`;
+    let zeros = this.zeros.get(name);
+    if (zeros === undefined) {
+      zeros = new ZeroExtents();
+      this.zeros.set(name, zeros);
+    }
+    return zeros;
   }
 
   async listSnapstores(): Promise<SnapstoreInfo[]> {

@@ -8,6 +8,7 @@ import type { Export, ExportEvents, ExportSource } from '../../../src/exports/ty
 import { queryBlockDevice } from '../../../src/native/blockdev';
 import { DirectReader } from '../../../src/native/reader';
 import { AgentError } from '../../../src/core/errors';
+import { ZeroExtents } from '../../../src/exports/zeros';
 
 export interface FakeExportSpec {
   name: string;
@@ -64,6 +65,7 @@ export class FakeExportRegistry extends EventEmitter<ExportEvents> implements Ex
       sizeBytes,
       cbt: spec.cbt ?? { generationId: 'gen-1', snapshotNumber: 1, blockSize: 65536, map: Buffer.alloc(Math.ceil(sizeBytes / 65536)) },
       failure: null,
+      knownZeros: new ZeroExtents(),
       file: spec.file,
     };
     this.exports.set(spec.name, exported);
