@@ -19,12 +19,13 @@ import type { RouterMiddleware } from '@koa/router';
 import rangeParser from 'range-parser';
 import type { ByteRange } from '../core/devices';
 import type { ImageReader } from '../core/image';
-import { AgentError, cancelled, isAgentError } from '../core/errors';
+import { AgentError, isAgentError } from '../core/errors';
 import { countServedBytes } from '../metrics/metrics';
 import type { AgentService } from './service';
 import { recycleReadBuffer } from '../native/reader';
 import { throttle, type ReadLimits } from '../doors/limits';
 import { HttpError } from './errors';
+import { clientGone, drained } from './stream';
 
 export interface ConsumeOptions {
   /** Bytes per read; reads are aligned to multiples of it. */
@@ -142,24 +143,6 @@ function* chunked(pieces: BodyPiece[], options: ConsumeOptions): Generator<BodyP
       offset = next;
     }
   }
-}
-
-/** The client went away while we were sending. */
-const clientGone = (): AgentError => cancelled('the client closed the connection');
-
-function drained(res: ServerResponse): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const settle = (gone: boolean): void => {
-      res.off('drain', onDrain);
-      res.off('close', onClose);
-      if (gone) reject(clientGone());
-      else resolve();
-    };
-    const onDrain = (): void => settle(false);
-    const onClose = (): void => settle(true);
-    res.on('drain', onDrain);
-    res.on('close', onClose);
-  });
 }
 
 function readImage(reader: ImageReader, range: ByteRange): Promise<Buffer> {

@@ -10,7 +10,6 @@
 // block: a read error before it is an ordinary error answer, after it the connection is cut.
 import type { ServerResponse } from 'node:http';
 import type { RouterMiddleware } from '@koa/router';
-import { cancelled, type AgentError } from '../core/errors';
 import { throttle, type Connection, type ReadLimits } from '../doors/limits';
 import {
   DIGEST_ALGORITHM, digestBlocks, markZeroRanges, passDepth, type BlockDigest, type DigestWindow, digestWindow,
@@ -20,6 +19,7 @@ import type { SnapshotChanges } from '../snapshots/types';
 import { HttpError } from './errors';
 import { parseDigestQuery } from './params';
 import type { AgentService } from './service';
+import { clientGone, drained } from './stream';
 
 export const NDJSON_TYPE = 'application/x-ndjson';
 export const BINARY_DIGESTS_TYPE = 'application/vnd.coriolis.digests';
@@ -30,23 +30,6 @@ export const ZERO_BLOCK_FLAG = 1;
 const BATCH_BYTES = 64 * 1024;
 /** Reads of the zero-marking pass. */
 const ZERO_MARKING_READ_SIZE = 4 * 1024 * 1024;
-
-const clientGone = (): AgentError => cancelled('the client closed the connection');
-
-function drained(res: ServerResponse): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const settle = (gone: boolean): void => {
-      res.off('drain', onDrain);
-      res.off('close', onClose);
-      if (gone) reject(clientGone());
-      else resolve();
-    };
-    const onDrain = (): void => settle(false);
-    const onClose = (): void => settle(true);
-    res.on('drain', onDrain);
-    res.on('close', onClose);
-  });
-}
 
 interface DigestHeader {
   snapshot_id: string;
