@@ -78,7 +78,7 @@ export function digestRoute(service: AgentService, limits: ReadLimits | undefine
       ctx.respond = false;
       const res = ctx.res;
       const encode = encoders[type];
-      const pass = digestBlocks(reader, window, zeros, { depth: passDepth(window.blockSize), release: recycleReadBuffer });
+      const pass = digestBlocks(reader, window, zeros, { depth: passDepth(window.blockSize) });
       let batch: Buffer[] = [Buffer.from(`${JSON.stringify(digestHeader(snapshotId, diskId, window, reader.size))}\n`)];
       let batchBytes = 0;
       let blocksInBatch = 0;

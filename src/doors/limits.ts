@@ -15,7 +15,7 @@
 // A client that goes away withdraws its waiting reads: they take nothing from any budget. Ending
 // its side of the connection counts: Node's HTTP server then drops the request anyway, and an NBD
 // client that means to wait for its replies says NBD_CMD_DISC instead.
-import { withReads, type ImageReader } from '../core/image';
+import { guardReads, type ImageReader } from '../core/image';
 import { cancelled, type AgentError } from '../core/errors';
 
 /** Milliseconds on a monotonic clock, and timers on it; tests drive a fake one. */
@@ -187,9 +187,9 @@ export class ReadLimits {
         this.waitingReads--;
       }
     };
-    return withReads(reader, async (offset, length) => {
+    return guardReads(reader, async (_offset, length, use) => {
       await grant(length);
-      return reader.read(offset, length);
+      return use();
     });
   }
 

@@ -30,7 +30,7 @@ import { DirectReader } from '../native/reader';
 import { SerialQueue } from '../core/serial';
 import { errorCode, kernelError } from '../core/errors';
 import { sameDevice, showDevice, type ByteRange, type DeviceId } from '../core/devices';
-import { withReads, type ImageReader } from '../core/image';
+import { guardReads, type ImageReader } from '../core/image';
 import type {
   SnapshotEngine, SnapshotHealth, SnapshotImage, SnapshotInfo, Snapstore, SnapstoreEvent, SnapstoreOptions, SnapstoreUsage, TrackerInfo, EngineMemory,
 } from './types';
@@ -523,9 +523,9 @@ export class BlksnapEngine implements SnapshotEngine {
 
   async openImage(image: SnapshotImage): Promise<ImageReader> {
     const reader = await DirectReader.open(image.path);
-    return withReads(reader, async (offset, length) => {
+    return guardReads(reader, async (_offset, _length, use) => {
       try {
-        return await reader.read(offset, length);
+        return await use();
       } catch (err) {
         if (errorCode(err) !== 'ENOSPC') throw err;
         throw kernelError('EIO', 'read', `${image.path}: the snapshot is corrupt (its difference storage ran out of space)`);

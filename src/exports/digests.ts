@@ -3,11 +3,11 @@
 //   digests route: a client compares them with its own copy and fetches only what differs);
 // - zero marking: which CBT blocks of changed ranges are all zeros (the changes route's
 //   markZeroRanges), so a client can write holes instead of copying zeros.
-// Both read through an ImageReader (the registry's, under the door's limits), several reads in
-// flight and results taken in order, and hash off the event loop (crypto.subtle runs on the
-// libuv pool). A block is checked for zeros first (memcmp, which leaves at the first other
-// byte): a zero block's digest is the known digest of zeros, so sparse images cost no hashing.
-// Every zero found is recorded in the export's ZeroExtents.
+// Both go through an ImageReader (the registry's, under the door's limits), several blocks in
+// flight and results taken in order. Digests never bring the bytes to JavaScript: the native
+// reader checks a block for zeros and hashes it on its own threads (ImageReader.digest). A zero
+// block's digest is the known digest of zeros, so sparse images cost no hashing. Every zero
+// found is recorded in the export's ZeroExtents.
 import { webcrypto } from 'node:crypto';
 import type { ByteRange } from '../core/devices';
 import { invalid } from '../core/errors';
@@ -155,13 +155,13 @@ function* tasksOf<T, R>(items: Iterable<T>, task: (item: T) => Promise<R>): Gene
 }
 
 /** The digests of every block of `window`, in order; zero blocks are added to `zeros`. The caller closes the result. */
-export function digestBlocks(reader: ImageReader, window: DigestWindow, zeros: ZeroExtents, options: ReadPassOptions): InOrder<BlockDigest> {
-  const digestOf = (block: ByteRange): Promise<BlockDigest> => withBlock(reader, block, options, async (buffer) => {
-    const zero = isAllZero(buffer);
-    const digest = zero ? await zeroDigest(block.length) : await sha256(buffer);
-    if (zero) zeros.add(block.offset, block.length);
-    return { ...block, digest, zero };
-  });
+export function digestBlocks(reader: ImageReader, window: DigestWindow, zeros: ZeroExtents, options: Pick<ReadPassOptions, 'depth'>): InOrder<BlockDigest> {
+  const digestOf = async (block: ByteRange): Promise<BlockDigest> => {
+    const summary = await reader.digest(block.offset, block.length);
+    if (summary.zero) zeros.add(block.offset, block.length);
+    const digest = summary.sha256 ?? await zeroDigest(block.length);
+    return { ...block, digest, zero: summary.zero };
+  };
   return new InOrder(tasksOf(blocksOf(window), digestOf), options.depth);
 }
 

@@ -3,7 +3,7 @@
 // restarted agent serves exactly what it served before; the events tell the servers at once.
 import { EventEmitter } from 'node:events';
 import { AgentError, errorCode, notFound } from '../core/errors';
-import { withReads, type ImageReader } from '../core/image';
+import { guardReads, type ImageReader } from '../core/image';
 import type { AgentState, CapturedVolume } from '../db/state';
 import type { SnapshotEngine } from '../engine/types';
 import { ZeroExtents } from './zeros';
@@ -141,9 +141,9 @@ export class ExportRegistry extends EventEmitter<ExportEvents> implements Export
       image: { major: volume.imageMajor, minor: volume.imageMinor },
       path: volume.imagePath,
     });
-    return withReads(reader, async (offset, length) => {
+    return guardReads(reader, async (_offset, _length, use) => {
       try {
-        return await reader.read(offset, length);
+        return await use();
       } catch (err) {
         // An image that fails reads has usually lost its snapstore: find out and say so, as
         // every later open will.

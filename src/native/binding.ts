@@ -18,6 +18,7 @@ export interface NativeControlHandle {
 export interface NativeReaderHandle {
   open(): Promise<unknown>;
   read(offset: number, length: number): Promise<Buffer>;
+  digest(offset: number, length: number): Promise<unknown>;
   close(): Promise<void>;
 }
 

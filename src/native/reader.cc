@@ -1,15 +1,20 @@
 // Direct (O_DIRECT) reader: reads any byte range of a block device or regular file through the
 // aligned span that covers it, on dedicated I/O threads, and gives JavaScript a window into
-// pooled aligned memory instead of a copy.
+// pooled aligned memory instead of a copy. It can also summarise a range instead (digest():
+// whether it is all zeros, else its SHA-256), on the same threads, so that the bytes never
+// reach JavaScript and hashing never runs on the event loop.
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <napi.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -45,9 +50,13 @@ struct ReadRequest {
   size_t skew = 0;  // from spanStart to the first byte asked for
   size_t length = 0;
   AlignedChunk chunk;
+  // digest(): summarise the bytes instead of handing them over.
+  bool summarise = false;
   // Results, written by the I/O thread.
   size_t bytesRead = 0;
   int error = 0;
+  bool zero = false;
+  unsigned char sha256[32] = {};
 };
 
 void DeliverRead(Napi::Env env, Napi::Function, CompletionChannel*, ReadRequest* request);
@@ -101,6 +110,27 @@ class CompletionChannel {
   bool open_ = true;
 };
 
+// memcmp against a zeroed page: libc's vectorised compare, leaving at the first other byte.
+bool AllZero(const uint8_t* data, size_t length) {
+  static const uint8_t kZeros[64 * 1024] = {};
+  for (size_t done = 0; done < length; done += sizeof kZeros) {
+    const size_t n = std::min(sizeof kZeros, length - done);
+    if (std::memcmp(data + done, kZeros, n) != 0) return false;
+  }
+  return true;
+}
+
+// A zero range needs no hash (JavaScript knows the digest of zeros); any other gets SHA-256.
+void Summarise(ReadRequest* request) {
+  const uint8_t* data = request->chunk.data + request->skew;
+  request->zero = AllZero(data, request->length);
+  if (request->zero) return;
+  unsigned int size = 0;
+  if (EVP_Digest(data, request->length, request->sha256, &size, EVP_sha256(), nullptr) != 1 || size != 32) {
+    request->error = EIO;
+  }
+}
+
 // Reads the span, looping over short preads. Under O_DIRECT a pread stops short of the span only
 // where the data ends (a file whose size is not a multiple of the block size), and the next one
 // would start unaligned, so an unaligned total ends the loop.
@@ -119,6 +149,7 @@ void PerformRead(ReadRequest* request) {
     if (done % request->alignment != 0) break;
   }
   request->bytesRead = done;
+  if (request->summarise && request->error == 0 && done >= request->skew + request->length) Summarise(request);
   if (!request->channel->Post(request)) {
     BufferPool::Instance().Release(request->chunk);
     delete request;
@@ -337,6 +368,7 @@ class DirectReaderHandle : public Napi::ObjectWrap<DirectReaderHandle> {
     return DefineClass(env, "DirectReaderHandle",
                        {InstanceMethod<&DirectReaderHandle::Open>("open"),
                         InstanceMethod<&DirectReaderHandle::Read>("read"),
+                        InstanceMethod<&DirectReaderHandle::Digest>("digest"),
                         InstanceMethod<&DirectReaderHandle::Close>("close")},
                        channel);
   }
@@ -368,6 +400,12 @@ class DirectReaderHandle : public Napi::ObjectWrap<DirectReaderHandle> {
                           std::to_string(offset + request->length) + ")",
                       "ERANGE")
               .Value());
+    } else if (request->summarise) {
+      BufferPool::Instance().Release(request->chunk);
+      Napi::Object summary = Napi::Object::New(env);
+      summary.Set("zero", request->zero);
+      summary.Set("sha256", request->zero ? env.Null() : Napi::Value(Napi::Buffer<uint8_t>::Copy(env, request->sha256, 32)));
+      request->deferred.Resolve(summary);
     } else {
       uint8_t* const view = request->chunk.data + request->skew;
       LiveChunk* live = LiveChunks::Instance().Add(view, request->chunk);
@@ -456,7 +494,13 @@ class DirectReaderHandle : public Napi::ObjectWrap<DirectReaderHandle> {
     return worker->Promise();
   }
 
-  Napi::Value Read(const Napi::CallbackInfo& info) {
+  Napi::Value Read(const Napi::CallbackInfo& info) { return Submit(info, false); }
+
+  // {zero: boolean, sha256: Buffer | null}: whether [offset, offset + length) is all zeros, and
+  // if not its SHA-256.
+  Napi::Value Digest(const Napi::CallbackInfo& info) { return Submit(info, true); }
+
+  Napi::Value Submit(const Napi::CallbackInfo& info, bool summarise) {
     Napi::Env env = info.Env();
     const uint64_t offset = ToSafeUint64(info[0], "offset");
     const uint64_t length = ToSafeUint64(info[1], "length");
@@ -470,12 +514,14 @@ class DirectReaderHandle : public Napi::ObjectWrap<DirectReaderHandle> {
       throw Napi::RangeError::New(env, "read range ends past the end of " + path_);
     }
     if (length == 0) {
+      if (summarise) throw Napi::RangeError::New(env, "digest of an empty range");
       auto deferred = Napi::Promise::Deferred::New(env);
       deferred.Resolve(Napi::Buffer<uint8_t>::New(env, 0));
       return deferred.Promise();
     }
 
     auto request = std::make_unique<ReadRequest>(env, this, channel_);
+    request->summarise = summarise;
     const uint64_t alignment = geometry_.logicalBlockSize;
     request->fd = fd_;
     request->alignment = alignment;

@@ -318,6 +318,7 @@ describe('streaming: backpressure, aborts, parallel downloads', () => {
       const reader = await openImage(id, disk);
       return {
         path: reader.path, size: reader.size, logicalBlockSize: reader.logicalBlockSize, close: () => reader.close(),
+        digest: (offset: number, length: number) => reader.digest(offset, length),
         read: async (offset: number, length: number) => {
           const chunk = await reader.read(offset, length);
           lent.push(chunk);

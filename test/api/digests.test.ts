@@ -10,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { FakeAgentService } from './helpers/fake-service';
 import { json, randomFile, startServer, tempDir, type Response, type TestServer } from './helpers/server';
+import { guardReads } from '../../src/core/image';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -251,13 +252,10 @@ describe('digests: streaming', () => {
     // Slow reads, so the pass is far from done when the client leaves.
     service.openImage = async (id, disk) => {
       const reader = await openImage(id, disk);
-      return {
-        path: reader.path, size: reader.size, logicalBlockSize: reader.logicalBlockSize, close: () => reader.close(),
-        read: async (offset: number, length: number) => {
-          await sleep(20);
-          return reader.read(offset, length);
-        },
-      };
+      return guardReads(reader, async (_offset, _length, use) => {
+        await sleep(20);
+        return use();
+      });
     };
     try {
       const before = service.bytesRequested;

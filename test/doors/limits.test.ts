@@ -178,6 +178,10 @@ function countingReader(): ImageReader & { reads: number } {
       this.reads++;
       return Promise.resolve(Buffer.alloc(length));
     },
+    digest() {
+      this.reads++;
+      return Promise.resolve({ zero: true, sha256: null });
+    },
     close: () => Promise.resolve(),
   };
 }

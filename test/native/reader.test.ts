@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -380,4 +380,43 @@ describe('DirectReader on loop devices', () => {
       });
     });
   }
+});
+
+describe('DirectReader.digest', () => {
+  const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
+  let file: string;
+  let data: Buffer;
+  before(() => {
+    // Random bytes with zero stretches: whole blocks, parts of blocks, and the short tail.
+    data = randomBytes(3 * 1024 * 1024 + 777);
+    for (const [start, end] of [[65536, 262144], [1048576 + 100, 1048576 + 5000], [3 * 1024 * 1024, data.length]]) data.fill(0, start, end);
+    file = path.join(tmpDir, 'digest.bin');
+    fs.writeFileSync(file, data);
+  });
+
+  it('answers SHA-256 of the range, or zero, without handing the bytes over', async () => {
+    const reader = await DirectReader.open(file);
+    try {
+      const cases: Array<[number, number]> = [[0, 65536], [65536, 196608], [65536, 196609], [1048576 + 100, 4900], [1048576 + 99, 4902],
+        [3 * 1024 * 1024, 777], [3 * 1024 * 1024 - 1, 778], [0, data.length], [12345, 1]];
+      for (const [offset, length] of cases) {
+        const bytes = data.subarray(offset, offset + length);
+        const summary = await reader.digest(offset, length);
+        const zero = bytes.every((byte) => byte === 0);
+        assert.equal(summary.zero, zero, `[${offset}, +${length})`);
+        assert.equal(summary.sha256?.toString('hex') ?? null, zero ? null : sha256(bytes), `[${offset}, +${length})`);
+      }
+    } finally {
+      await reader.close();
+    }
+  });
+
+  it('refuses what read() refuses, and an empty range', async () => {
+    const reader = await DirectReader.open(file);
+    await assert.rejects(reader.digest(0, 0), RangeError);
+    await assert.rejects(reader.digest(data.length - 1, 2), { code: 'ERANGE' });
+    await assert.rejects(reader.digest(-1, 10), RangeError);
+    await reader.close();
+    await assert.rejects(reader.digest(0, 10), { code: 'ESHUTDOWN' });
+  });
 });

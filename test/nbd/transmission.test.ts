@@ -152,6 +152,7 @@ describe('NBD transmission', () => {
       const lent: Buffer[] = [];
       fixture.registry.wrapReader = (reader) => ({
         path: reader.path, size: reader.size, logicalBlockSize: reader.logicalBlockSize, close: () => reader.close(),
+        digest: (offset, length) => reader.digest(offset, length),
         read: async (offset, length) => {
           const data = await reader.read(offset, length);
           lent.push(data);
@@ -170,6 +171,7 @@ describe('NBD transmission', () => {
     it('splits a merged read that fails, so only the requests with bad bytes get EIO', async () => {
       fixture.registry.wrapReader = (reader) => ({
         path: reader.path, size: reader.size, logicalBlockSize: reader.logicalBlockSize, close: () => reader.close(),
+        digest: (offset, length) => reader.digest(offset, length),
         read: (offset, length) => offset < 8192 && offset + length > 4096
           ? Promise.reject(Object.assign(new Error('EIO: bad sector'), { code: 'EIO' }))
           : reader.read(offset, length),
@@ -467,6 +469,7 @@ describe('NBD transmission', () => {
     it('answers EIO when the reader fails, and lives on', async () => {
       fixture.registry.wrapReader = (reader) => ({
         path: reader.path, size: reader.size, logicalBlockSize: reader.logicalBlockSize, close: () => reader.close(),
+        digest: (offset, length) => reader.digest(offset, length),
         read: (offset, length) => offset === 0 ? Promise.reject(Object.assign(new Error('EIO: bad sector'), { code: 'EIO' })) : reader.read(offset, length),
       });
       const client = await ready();

@@ -27,7 +27,7 @@ import path from 'node:path';
 import { sameDevice, showDevice, type ByteRange, type DeviceId } from '../../core/devices';
 import { errnoNumber, kernelError } from '../../core/errors';
 import { faultPoint } from '../../core/faults';
-import { withReads, type ImageReader } from '../../core/image';
+import { guardReads, type ImageReader } from '../../core/image';
 import { SerialQueue } from '../../core/serial';
 import { currentBootId } from '../../host/boot';
 import { queryBlockDevice } from '../../native/blockdev';
@@ -424,12 +424,12 @@ export class SimulatedEngine implements SnapshotEngine {
     if (snapshot === undefined) throw kernelError('ENOENT', 'open', `image ${showDevice(image.image)} does not exist`);
     const reader = await DirectReader.open(snapshot.images.find((i) => sameDevice(i.image, image.image))!.path);
     const corrupt = (): boolean => this.snapstoreServing(image.original)?.overflowed === true;
-    return withReads(reader, async (offset, length) => {
+    return guardReads(reader, async (_offset, _length, use) => {
       if (corrupt()) throw kernelError('EIO', 'read', 'the snapshot data is corrupt: its snapstore overflowed');
-      const data = await reader.read(offset, length);
+      const result = await use();
       // An overflow during the read may have corrupted what was read, as in the module.
       if (corrupt()) throw kernelError('EIO', 'read', 'the snapshot data is corrupt: its snapstore overflowed');
-      return data;
+      return result;
     });
   }
 

@@ -2,7 +2,7 @@
 // from those files with the real O_DIRECT reader, and every argument the API passes is recorded
 // so tests can check what validation handed over.
 import type { HealthProbes } from '../../../src/api/health';
-import type { ImageReader } from '../../../src/core/image';
+import type { ImageReader, RangeSummary } from '../../../src/core/image';
 import { conflict, notFound } from '../../../src/core/errors';
 import { DirectReader } from '../../../src/native/reader';
 import { ZeroExtents } from '../../../src/exports/zeros';
@@ -47,10 +47,14 @@ export class FailingReader implements ImageReader {
   get size(): number { return this.inner.size; }
   get logicalBlockSize(): number { return this.inner.logicalBlockSize; }
   read(offset: number, length: number): Promise<Buffer> {
-    if (offset + length > this.failAfter) {
-      return Promise.reject(Object.assign(new Error(`EIO: i/o error, read ${this.path}`), { code: 'EIO', errno: -5 }));
-    }
-    return this.inner.read(offset, length);
+    return this.failing(offset, length) ?? this.inner.read(offset, length);
+  }
+  digest(offset: number, length: number): Promise<RangeSummary> {
+    return this.failing(offset, length) ?? this.inner.digest(offset, length);
+  }
+  private failing(offset: number, length: number): Promise<never> | null {
+    if (offset + length <= this.failAfter) return null;
+    return Promise.reject(Object.assign(new Error(`EIO: i/o error, read ${this.path}`), { code: 'EIO', errno: -5 }));
   }
   close(): Promise<void> { return this.inner.close(); }
 }
@@ -198,6 +202,10 @@ export class FakeAgentService implements AgentService {
       read: (offset, length) => {
         this.bytesRequested += length;
         return direct.read(offset, length);
+      },
+      digest: (offset, length) => {
+        this.bytesRequested += length;
+        return direct.digest(offset, length);
       },
       close: async () => {
         await direct.close();

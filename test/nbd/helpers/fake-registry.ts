@@ -3,7 +3,7 @@
 // can wrap readers to delay or break reads.
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
-import type { ImageReader } from '../../../src/core/image';
+import type { ImageReader, RangeSummary } from '../../../src/core/image';
 import type { Export, ExportEvents, ExportSource } from '../../../src/exports/types';
 import { queryBlockDevice } from '../../../src/native/blockdev';
 import { DirectReader } from '../../../src/native/reader';
@@ -37,6 +37,10 @@ class RegistryReader implements ImageReader {
   async read(offset: number, length: number): Promise<Buffer> {
     if (this.isFailed()) throw eio(`the snapshot of ${this.path} failed`);
     return this.inner.read(offset, length);
+  }
+  async digest(offset: number, length: number): Promise<RangeSummary> {
+    if (this.isFailed()) throw eio(`the snapshot of ${this.path} failed`);
+    return this.inner.digest(offset, length);
   }
   async close(): Promise<void> {
     await this.inner.close();
@@ -105,6 +109,7 @@ export class FakeExportRegistry extends EventEmitter<ExportEvents> implements Ex
         this.reads.push({ name, offset, length });
         return direct.read(offset, length);
       },
+      digest: (offset, length) => direct.digest(offset, length),
       close: () => direct.close(),
     };
     this.openReaders++;
@@ -139,6 +144,8 @@ export class GatedReader implements ImageReader {
     await this.gates.get(offset)?.opened;
     return this.inner.read(offset, length);
   }
+
+  digest(offset: number, length: number): Promise<RangeSummary> { return this.inner.digest(offset, length); }
 
   close(): Promise<void> { return this.inner.close(); }
 }
