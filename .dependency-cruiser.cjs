@@ -22,7 +22,8 @@ const MAY_IMPORT = {
   nbd: ['core', 'doors', 'exports', 'metrics', 'native', 'snapshots'],
   agent: ['core', 'native', 'host', 'engine', 'db', 'storage', 'metrics', 'doors', 'config', 'watchers', 'exports', 'snapshots',
     'inventory', 'api', 'nbd'],
-  cli: ['core', 'native', 'config', 'agent', 'cli-entry'],
+  pull: ['core', 'native', 'exports'],
+  cli: ['core', 'native', 'config', 'agent', 'pull', 'cli-entry'],
 };
 
 const rooms = Object.keys(MAY_IMPORT);

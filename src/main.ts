@@ -16,6 +16,7 @@ import { DEFAULT_CONFIG_FILE, loadConfig, type Config } from './config/config';
 import { isAgentError } from './core/errors';
 import { isUsageError, UsageError } from './cli/usage';
 import { DEMO_USAGE, demoCommand } from './cli/demo';
+import { PULL_USAGE, pullCommand } from './cli/pull';
 import { createLogger } from './core/log';
 import { VERSION } from './core/version';
 
@@ -34,6 +35,10 @@ Usage:
                                                   write a CA, a server and a client certificate
   ${NAME} check-config [--config FILE] [--as-user USER]
                                                   check a config file and what it points at
+  ${NAME} pull --agent URL --disk ID --out PATH --certs DIR [--snapshot ID] [--state FILE] ...
+                                                  copy a disk of a running agent to a file or
+                                                  block device (full, incremental or resync),
+                                                  verified against the agent's digests
   ${NAME} version                        print the version
   ${NAME} COMMAND --help                 the options of one command
 
@@ -99,6 +104,7 @@ const commands: Record<string, Command> = {
   },
   demo: { usage: DEMO_USAGE, run: demoCommand },
   'gen-certs': { usage: GEN_CERTS_USAGE, run: (args) => genCertsCommand(args) },
+  pull: { usage: PULL_USAGE, run: pullCommand },
   'check-config': {
     usage: CHECK_CONFIG_USAGE,
     async run(args) {
