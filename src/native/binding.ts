@@ -68,6 +68,7 @@ export interface NativeBinding extends AbiCodecs {
   // blockdev.cc
   queryBlockDevice(path: string): unknown;
   allocateFile(path: string, size: number): Promise<void>;
+  punchHole(path: string, offset: number, length: number): Promise<void>;
   fileExtents(path: string): Promise<{ device: DeviceId; extents: Array<{ logical: number; physical: number; length: number; flags: number }> }>;
   fiemapFlags: Record<string, number>;
   fsStats(path: string): unknown;

@@ -131,6 +131,29 @@ Napi::Value AllocateFile(const Napi::CallbackInfo& info) {
   return worker->Promise();
 }
 
+// Deallocates [offset, offset + length) of a regular file, which then reads as zeros; its size
+// does not change. EOPNOTSUPP where the filesystem cannot.
+Napi::Value PunchHole(const Napi::CallbackInfo& info) {
+  const std::string path = ToPath(info, 0);
+  const uint64_t offset = ToSafeUint64(info[1], "offset");
+  const uint64_t length = ToSafeUint64(info[2], "length");
+  return QueueSyscall(
+      info.Env(), "fallocate", path,
+      [path, offset, length] {
+        const int fd = RetryOnEintr([&] { return open(path.c_str(), O_WRONLY | O_CLOEXEC); });
+        if (fd < 0) return errno;
+        int err = 0;
+        if (RetryOnEintr([&] {
+              return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset), static_cast<off_t>(length));
+            }) != 0) {
+          err = errno;
+        }
+        close(fd);
+        return err;
+      },
+      [](Napi::Env env) { return env.Undefined(); });
+}
+
 // Raw FIEMAP extents; TypeScript decides which flags are acceptable and merges ranges.
 class FileExtentsWorker : public SyscallWorker {
  public:
@@ -242,6 +265,7 @@ Napi::Object FiemapFlags(Napi::Env env) {
 void InitBlockdev(Napi::Env env, Napi::Object exports) {
   exports.Set("queryBlockDevice", Napi::Function::New(env, QueryBlockDevice, "queryBlockDevice"));
   exports.Set("allocateFile", Napi::Function::New(env, AllocateFile, "allocateFile"));
+  exports.Set("punchHole", Napi::Function::New(env, PunchHole, "punchHole"));
   exports.Set("fileExtents", Napi::Function::New(env, FileExtents, "fileExtents"));
   exports.Set("fsStats", Napi::Function::New(env, FsStats, "fsStats"));
   exports.Set("fiemapFlags", FiemapFlags(env));

@@ -40,6 +40,18 @@ export async function allocateFile(path: string, size: number): Promise<void> {
   }
 }
 
+/**
+ * Deallocates `length` bytes of a regular file from `offset` (fallocate PUNCH_HOLE, size kept):
+ * they read as zeros and take no space. Rejects with EOPNOTSUPP where the filesystem cannot.
+ */
+export async function punchHole(path: string, offset: number, length: number): Promise<void> {
+  checkPath(path);
+  checkByteCount(offset, 'offset');
+  checkByteCount(length, 'length');
+  if (length === 0) return;
+  await binding.punchHole(path, offset, length);
+}
+
 export interface FileExtents {
   /** The block device that the ranges are offsets on: the one holding the file's filesystem. */
   device: DeviceId;

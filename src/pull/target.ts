@@ -1,10 +1,10 @@
-// The local copy: a regular file (created sparse, so that zero ranges of a full copy are holes)
-// or a block device (which has no holes: zeros are written). Writes are positional; sync() makes
+// The local copy: a regular file (sparse: zero ranges are holes, punched where a later copy
+// zeroes data) or a block device (which has no holes: zeros are written). Writes are positional; sync() makes
 // them durable before the state file may say they are done.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import { AgentError } from '../core/errors';
-import { queryBlockDevice } from '../native/blockdev';
+import { AgentError, errorCode } from '../core/errors';
+import { punchHole, queryBlockDevice } from '../native/blockdev';
 
 const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
 
@@ -57,10 +57,18 @@ export class Target {
   }
 
   /**
-   * Makes [offset, offset + length) read as zeros. On a regular file the bytes already zero (a
-   * hole, or zeros) are left alone, so holes stay holes; elsewhere zeros are written.
+   * Makes [offset, offset + length) read as zeros. On a regular file that is a hole (or zeros
+   * written where the filesystem cannot punch one); on a block device zeros are written.
    */
   async zero(offset: number, length: number): Promise<void> {
+    if (this.kind === 'file') {
+      try {
+        await punchHole(this.path, offset, length);
+        return;
+      } catch (err) {
+        if (errorCode(err) !== 'EOPNOTSUPP') throw err;
+      }
+    }
     for (let at = offset; at < offset + length; at += ZERO_CHUNK.length) {
       const size = Math.min(ZERO_CHUNK.length, offset + length - at);
       if (this.kind === 'file' && isZero(await this.read(at, size))) continue;

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { allocateFile, fileExtents, fsStats, queryBlockDevice, type FileExtents } from '../../src/native/blockdev';
+import { allocateFile, fileExtents, fsStats, punchHole, queryBlockDevice, type FileExtents } from '../../src/native/blockdev';
 import { DirectReader } from '../../src/native/reader';
 import {
   attachLoopDevice,
@@ -281,5 +281,33 @@ describe('fsStats', () => {
 
   it('fails on a missing path', () => {
     assert.throws(() => fsStats(path.join(tmpDir, 'missing')), { code: 'ENOENT', syscall: 'statvfs' });
+  });
+});
+
+describe('punchHole', () => {
+  it('turns a range into a hole that reads as zeros, keeping the size; refuses what is not a file', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'coriolis-punch-'));
+    try {
+      const file = path.join(dir, 'data.bin');
+      const data = randomBytes(8 * 1024 * 1024);
+      const fd = fs.openSync(file, 'w');
+      fs.writeSync(fd, data);
+      fs.fsyncSync(fd);
+      fs.closeSync(fd);
+      const before = fs.statSync(file).blocks * 512;
+      await punchHole(file, 1024 * 1024, 4 * 1024 * 1024);
+      const after = fs.statSync(file);
+      assert.equal(after.size, data.length);
+      assert.ok(after.blocks * 512 <= before - 4 * 1024 * 1024, `${after.blocks * 512} bytes allocated, ${before} before`);
+      const expected = Buffer.from(data);
+      expected.fill(0, 1024 * 1024, 5 * 1024 * 1024);
+      assert.ok(fs.readFileSync(file).equals(expected));
+      await punchHole(file, 0, 0);
+      await assert.rejects(punchHole(path.join(dir, 'missing'), 0, 4096), { code: 'ENOENT' });
+      await assert.rejects(punchHole(dir, 0, 4096), { code: 'EISDIR' });
+      await assert.rejects(punchHole(file, -1, 4096), RangeError);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
