@@ -8,7 +8,7 @@ import { PassThrough } from 'node:stream';
 import { test } from 'node:test';
 import { mergeSpans, splitSpans, subtractSpans } from '../../src/pull/ranges';
 import { readState, writeState, type PullState } from '../../src/pull/state';
-import { formatBytes, jsonProgress } from '../../src/pull/progress';
+import { barProgress, formatBytes, jsonProgress } from '../../src/pull/progress';
 import { apiBase } from '../../src/pull/http';
 
 test('spans merge, subtract and split', { timeout: 10_000 }, () => {
@@ -59,4 +59,18 @@ test('progress: JSON lines at most once an interval, and the last of each phase'
   assert.deepEqual(lines.map((line) => line.done_bytes), [1, 4]);
   assert.equal(formatBytes(1536), '1.5 KiB');
   assert.equal(formatBytes(100), '100 B');
+});
+
+test('progress on a terminal: one line redrawn in place, with the bar, bytes, rate and ETA, cleared at the end', { timeout: 10_000 }, () => {
+  const written: string[] = [];
+  const terminal = { columns: 120, write: (text: string) => written.push(text) } as unknown as NodeJS.WriteStream;
+  const sink = barProgress(terminal, 10);
+  const progress = { phase: 'copy' as const, mode: 'incremental', doneBytes: 0, totalBytes: 4 * 1024 * 1024, fetchedBytes: 0 };
+  sink.report(progress, false);
+  sink.report({ ...progress, doneBytes: 2 * 1024 * 1024 }, true);
+  sink.end();
+  assert.equal(written.length, 3);
+  assert.ok(written.every((text) => text.startsWith('\r') && !text.includes('\n')), 'redrawn in place, never a new line');
+  assert.match(written[1], /^\rcopy \(incremental\) \[#####\.{5}\]  50%  2\.0 MiB \/ 4\.0 MiB  [\d.]+ (B|KiB|MiB|GiB)\/s  ETA (\d\d:\d\d|--:--)\x1b\[K$/);
+  assert.equal(written[2], '\r\x1b[K');
 });
