@@ -6,8 +6,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startE2eAgent } from '../test/e2e/helpers';
-import { pull, writeDisk } from '../test/pull/helpers';
+import { pull } from '../test/pull/helpers';
 import type { PullSummary } from '../src/pull/pull';
+import { writeDisk } from '../test/snapshots/helpers/env';
 
 const MiB = 1024 * 1024;
 const DISK = 256 * MiB;

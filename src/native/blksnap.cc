@@ -27,6 +27,7 @@ using ioctl::Arg;
 using ioctl::ArgsObject;
 using ioctl::Call;
 using ioctl::Load;
+using ioctl::Records;
 using ioctl::ThrowRange;
 using ioctl::ThrowType;
 using ioctl::ToObject;
@@ -238,15 +239,6 @@ Napi::Value DecodeMod(Napi::Env env, const Call& call) {
   o.Set("compatibilityFlags", Napi::BigInt::New(env, m.compatibility_flags));
   o.Set("name", std::string(reinterpret_cast<const char*>(m.name), strnlen(reinterpret_cast<const char*>(m.name), kModNameLimit)));
   return o;
-}
-
-// Checks that `count` records of `size` bytes fit in block 1 before reading them.
-const uint8_t* Records(Napi::Env env, const Call& call, uint32_t count, size_t size) {
-  if (count == 0) return nullptr;
-  if (call.arg.BlockCount() < 2 || call.arg.Block(1).size() < size_t{count} * size) {
-    throw Napi::RangeError::New(env, "record count exceeds the record buffer");
-  }
-  return call.arg.Block(1).data();
 }
 
 Napi::Value DecodeTrackerCollect(Napi::Env env, const Call& call) {

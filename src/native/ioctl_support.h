@@ -172,6 +172,16 @@ int RunEnumeration(int fd, const Def& def, Call& call, int tooSmall) {
   return err;
 }
 
+// The `count` records of `size` bytes in block 1 of a call's argument (an enumeration's array),
+// checked to fit before anything reads them; null for none.
+inline const uint8_t* Records(Napi::Env env, const Call& call, int64_t count, size_t size) {
+  if (count == 0) return nullptr;
+  if (count < 0 || call.arg.BlockCount() < 2 || call.arg.Block(1).size() < static_cast<size_t>(count) * size) {
+    throw Napi::RangeError::New(env, "record count exceeds the record buffer");
+  }
+  return call.arg.Block(1).data();
+}
+
 // A module's table of ioctls, and what it calls itself in messages.
 struct Table {
   const char* module;

@@ -31,6 +31,7 @@ using ioctl::RunSingle;
 using ioctl::DecodeForTest;
 using ioctl::EncodedToJs;
 using ioctl::Load;
+using ioctl::Records;
 using ioctl::ThrowRange;
 using ioctl::ThrowType;
 using ioctl::ToObject;
@@ -315,15 +316,6 @@ Napi::Value DecodeVersion(Napi::Env env, const Call& call) {
   o.Set("revision", v.revision);
   o.Set("build", v.build);
   return o;
-}
-
-// Checks that `count` records of `size` bytes fit in block 1 before reading them.
-const uint8_t* Records(Napi::Env env, const Call& call, int64_t count, size_t size) {
-  if (count == 0) return nullptr;
-  if (count < 0 || call.arg.BlockCount() < 2 || call.arg.Block(1).size() < size_t(count) * size) {
-    throw Napi::RangeError::New(env, "record count exceeds the record buffer");
-  }
-  return call.arg.Block(1).data();
 }
 
 Napi::Value DecodeTrackingCollect(Napi::Env env, const Call& call) {

@@ -10,7 +10,8 @@ import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startE2eAgent } from '../e2e/helpers';
 import { readState } from '../../src/pull/state';
-import { MiB, pull, sameBytes, writeDisk } from './helpers';
+import { writeDisk } from '../snapshots/helpers/env';
+import { MiB, pull, sameBytes } from './helpers';
 
 const MAIN = path.join(__dirname, '..', '..', 'src', 'main.js');
 

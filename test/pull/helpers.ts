@@ -21,17 +21,6 @@ export function pull(e2e: E2eAgent, options: Partial<PullOptions> = {}): Promise
   });
 }
 
-/** Writes `bytes` at `offset` of a disk file, durably, as the machine's workload would. */
-export function writeDisk(file: string, offset: number, bytes: Buffer): void {
-  const fd = fs.openSync(file, 'r+');
-  try {
-    fs.writeSync(fd, bytes, 0, bytes.length, offset);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /** The copy equals the disk file byte for byte (nobody writes it between the snapshot and the check). */
 export function sameBytes(copy: string, disk: string): boolean {
   return fs.readFileSync(copy).equals(fs.readFileSync(disk));

@@ -10,7 +10,8 @@ import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startE2eAgent } from '../e2e/helpers';
 import { readState } from '../../src/pull/state';
-import { allocatedBytes, MiB, pull, sameBytes, writeDisk } from './helpers';
+import { writeDisk } from '../snapshots/helpers/env';
+import { allocatedBytes, MiB, pull, sameBytes } from './helpers';
 
 test('full, then incremental, then a resync after a generation change: each copy is the disk', { timeout: 180_000 }, async (t) => {
   const e2e = await startE2eAgent({ disks: 1 });
