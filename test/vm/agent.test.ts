@@ -115,7 +115,7 @@ function startAgent(config: string): Promise<Agent> {
   });
 }
 
-test(`the whole agent (${ENGINE}) serves a live ext4 disk's snapshots over HTTPS and NBD, full then incremental`,
+test(`the whole agent (${ENGINE}) serves a live ext4 disk's snapshots over HTTPS, NBD and pull, full then incremental`,
   { skip: skipReason(), timeout: 40 * 60_000 }, async (t) => {
     const [origin] = guestDisks().filter((d) => d.role === 'origin');
     const store = guestDisks().find((d) => d.role === 'store')!;
@@ -277,6 +277,27 @@ port = ${NBD_PORT}
     const recheck = await run('e2fsck', ['-fn', viaHttps], { timeoutMs: 10 * 60_000 });
     assert.equal(recheck.code, 0, `e2fsck -fn of the updated copy:\n${recheck.stdout}${recheck.stderr}`);
     await json('DELETE', `/snapshots/${second.snapshot_id}/`);
+
+    // The agent's own client on the real module: a full copy, verified block by block against
+    // the digests the native reader computes on the image device, then an incremental one while
+    // the writer goes on.
+    step('pull: full copy, then incremental');
+    const pulled = path.join(copies, 'pull.raw');
+    const pull = async (): Promise<{ mode: string; bytes_fetched: number; blocks_verified: number }> => {
+      const done = await run(process.execPath, [path.resolve(__dirname, '../../src/main.js'), 'pull', '--agent', `https://localhost:${API_PORT}`,
+        '--disk', diskId, '--out', pulled, '--certs', certs, '--json'], { timeoutMs: 20 * 60_000 });
+      assert.equal(done.code, 0, `pull: ${done.stderr}`);
+      return JSON.parse(done.stdout.trim().split('\n').at(-1)!) as { mode: string; bytes_fetched: number; blocks_verified: number };
+    };
+    const fullPull = await pull();
+    assert.equal(fullPull.mode, 'full');
+    assert.equal(fullPull.blocks_verified, Math.ceil(size / (4 * MiB)));
+    const incrementalPull = await pull();
+    assert.equal(incrementalPull.mode, 'incremental');
+    t.diagnostic(`pull: full ${(fullPull.bytes_fetched / MiB).toFixed(1)} MiB fetched, incremental ${(incrementalPull.bytes_fetched / MiB).toFixed(2)} MiB`);
+    assert.ok(incrementalPull.bytes_fetched < size, 'the incremental pull fetched less than the disk');
+    const pulledCheck = await run('e2fsck', ['-fn', pulled], { timeoutMs: 10 * 60_000 });
+    assert.equal(pulledCheck.code, 0, `e2fsck -fn of the pulled copy:\n${pulledCheck.stdout}${pulledCheck.stderr}`);
 
     step('stopping the agent');
     agent.child.kill('SIGTERM');
