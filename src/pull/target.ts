@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import { AgentError, errorCode } from '../core/errors';
+import { isAllZero } from '../exports/zeros';
 import { punchHole, queryBlockDevice } from '../native/blockdev';
 
 const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
@@ -71,7 +72,7 @@ export class Target {
     }
     for (let at = offset; at < offset + length; at += ZERO_CHUNK.length) {
       const size = Math.min(ZERO_CHUNK.length, offset + length - at);
-      if (this.kind === 'file' && isZero(await this.read(at, size))) continue;
+      if (this.kind === 'file' && isAllZero(await this.read(at, size))) continue;
       await this.write(at, ZERO_CHUNK.subarray(0, size));
     }
   }
@@ -96,12 +97,4 @@ export class Target {
   async close(): Promise<void> {
     await this.handle.close();
   }
-}
-
-export function isZero(bytes: Buffer): boolean {
-  for (let at = 0; at < bytes.length; at += ZERO_CHUNK.length) {
-    const piece = bytes.subarray(at, at + ZERO_CHUNK.length);
-    if (!piece.equals(ZERO_CHUNK.subarray(0, piece.length))) return false;
-  }
-  return true;
 }
