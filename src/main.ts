@@ -23,7 +23,7 @@ import { VERSION } from './core/version';
 const NAME = 'coriolis-snapshot-agent';
 
 const USAGE = `${NAME} ${VERSION}
-Takes block-level copy-on-write snapshots of whole disks (veeamsnap kernel module), tracks the
+Takes block-level copy-on-write snapshots of whole disks (veeamsnap or blksnap kernel module), tracks the
 blocks that change between snapshots, and serves each snapshot over HTTPS and NBD.
 
 Usage:
