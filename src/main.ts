@@ -18,7 +18,7 @@ import { isUsageError, UsageError } from './cli/usage';
 import { DEMO_USAGE, demoCommand } from './cli/demo';
 import { PULL_USAGE, pullCommand } from './cli/pull';
 import { createLogger } from './core/log';
-import { VERSION } from './core/version';
+import { COMMIT, VERSION } from './core/version';
 
 const NAME = 'coriolis-snapshot-agent';
 
@@ -39,7 +39,7 @@ Usage:
                                                   copy a disk of a running agent to a file or
                                                   block device (full, incremental or resync),
                                                   verified against the agent's digests
-  ${NAME} version                        print the version
+  ${NAME} version                        print the version and the commit it was built from
   ${NAME} COMMAND --help                 the options of one command
 
 Logs are JSON lines (bunyan): pipe them through \`npx bunyan\` to read them.
@@ -124,7 +124,7 @@ const commands: Record<string, Command> = {
     usage: VERSION_USAGE,
     async run(args) {
       if (args.length > 0) throw new UsageError(`version takes no arguments, got ${args.join(' ')}`);
-      process.stdout.write(`${VERSION}\n`);
+      process.stdout.write(`${VERSION}\ncommit ${COMMIT ?? 'none (not a release build)'}\nnode ${process.version}\n`);
       return 0;
     },
   },

@@ -3,13 +3,13 @@
 // Sources: core counts from systeminformation; memory, cpu_info, interfaces and os_info from
 // host/system.ts, which reads /proc and /sys as the Go agent's library does (systeminformation
 // has neither most meminfo keys nor a per-CPU list, and gives one address per family). Disks
-// come from the service. agent_version is ours (the Go agent had none): package.json's
-// version, as `version` prints.
+// come from the service. agent_version and agent_commit are ours (the Go agent had neither):
+// package.json's version and a release's commit (null in a development tree), as `version` prints.
 import os from 'node:os';
 import path from 'node:path';
 import si from 'systeminformation';
 import type { Logger } from '../core/log';
-import { VERSION } from '../core/version';
+import { COMMIT, VERSION } from '../core/version';
 import {
   applyMaxFrequency, exists, HOST_SOURCES, listInterfaces, parseCpuinfo, parseMeminfo, parseOsRelease, readProcFile, readText,
   type CpuInfo, type SystemInfoSources,
@@ -26,6 +26,7 @@ export interface SystemInfoJson {
   hostname: string;
   firmware_type: 'efi' | 'bios';
   agent_version: string;
+  agent_commit: string | null;
 }
 
 export async function collectSystemInfo(service: AgentService, log: Logger, sources: SystemInfoSources = HOST_SOURCES): Promise<SystemInfoJson> {
@@ -52,6 +53,7 @@ export async function collectSystemInfo(service: AgentService, log: Logger, sour
     hostname: os.hostname(),
     firmware_type: efi ? 'efi' : 'bios',
     agent_version: VERSION,
+    agent_commit: COMMIT,
   };
 }
 

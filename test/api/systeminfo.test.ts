@@ -176,8 +176,9 @@ describe('GET /systeminfo', () => {
       const response = await server.request(route);
       assert.equal(response.status, 200);
       const info = json(response) as SystemInfoJson;
-      assert.deepEqual(Object.keys(info), ['memory', 'cpus', 'network_interfaces', 'disks', 'os_info', 'hostname', 'firmware_type', 'agent_version']);
+      assert.deepEqual(Object.keys(info), ['memory', 'cpus', 'network_interfaces', 'disks', 'os_info', 'hostname', 'firmware_type', 'agent_version', 'agent_commit']);
       assert.equal(info.agent_version, VERSION);
+      assert.equal(info.agent_commit, null, 'a development tree has no build record');
       assert.equal(info.memory.total, 4029224 * 1024);
       assert.deepEqual(Object.keys(info.cpus), ['physical_cores', 'logical_cores', 'cpu_info']);
       assert.ok(Number.isInteger(info.cpus.physical_cores) && info.cpus.physical_cores > 0);

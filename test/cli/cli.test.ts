@@ -14,9 +14,9 @@ function cli(...args: string[]): { status: number | null; stdout: string; stderr
 }
 
 describe('command line', () => {
-  test('version prints the package version', () => {
-    assert.deepEqual(cli('version'), { status: 0, stdout: `${VERSION}\n`, stderr: '' });
-    assert.equal(cli('--version').stdout, `${VERSION}\n`);
+  test('version prints the package version, then that a development tree has no commit', () => {
+    assert.deepEqual(cli('version'), { status: 0, stdout: `${VERSION}\ncommit none (not a release build)\nnode ${process.version}\n`, stderr: '' });
+    assert.equal(cli('--version').stdout, cli('version').stdout);
   });
 
   test('--help explains every command and exits 0', () => {
