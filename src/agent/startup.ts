@@ -10,7 +10,7 @@ export const MINIMUM_NODE_MAJOR = 20;
 export function unsupportedNode(version: string): string | null {
   const major = Number(/^v?(\d+)\./.exec(version)?.[1]);
   if (major >= MINIMUM_NODE_MAJOR) return null;
-  return `Node.js ${MINIMUM_NODE_MAJOR} or newer is required, this is ${version} (see the README, "Production install")`;
+  return `Node.js ${MINIMUM_NODE_MAJOR} or newer is required, this is ${version} (see the README, "From a checkout"; the release brings its own Node)`;
 }
 
 /** Exits before the rest of the agent is loaded: on an old Node its native modules fail with a stack trace. */

@@ -23,7 +23,8 @@ export const DEMO_USAGE = `usage: coriolis-snapshot-agent demo --dir DIR [--api-
   --disks N          number of disk files (default 2)
   --disk-size SIZE   size of each disk, e.g. 256M or 1G (default 256M)
 Prints how to use it, then one JSON line with the URLs and paths, on stdout. The log goes to
-DIR/agent.log (JSON lines: read it with \`npx bunyan DIR/agent.log\`). Stop with Ctrl-C.`;
+DIR/agent.log (JSON lines: read it with \`npx bunyan DIR/agent.log\`, or a release's
+bin/bunyan). Stop with Ctrl-C.`;
 
 
 /** "256M", "1G", "1048576": binary units, whole MiB at least. */
@@ -156,12 +157,19 @@ export async function demoCommand(args: string[]): Promise<number> {
   return runAgent(config, log, (agent) => process.stdout.write(instructions(agent, config, certs, disks, configFile)));
 }
 
+/** How to read the log: a release has its own bunyan beside its command; a checkout has npx. */
+function bunyanCommand(): string {
+  // dist/src/cli/demo.js in a release's app/ folder -> the release's bin/bunyan.
+  const release = path.resolve(__dirname, '../../../../bin/bunyan');
+  return fs.existsSync(release) ? release : 'npx bunyan';
+}
+
 function instructions(agent: RunningAgent, config: Config, certs: string, disks: string[], configFile: string): string {
   const curl = `curl --cert ${certs}/client-cert.pem --key ${certs}/client-key.pem --cacert ${certs}/ca-cert.pem`;
   const firstDisk = path.basename(disks[0], '.img');
   return `
 The demo agent is running (simulated engine; disks in ${path.dirname(disks[0])}).
-Its log: ${config.logFile} (npx bunyan ${config.logFile}).
+Its log: ${config.logFile} (${bunyanCommand()} ${config.logFile}).
 Try:
   ${curl} ${agent.apiUrl}/disks/
   ${curl} -X POST -H 'Content-Type: application/json' -d '{"tracked_disk_ids": ["${firstDisk}"]}' ${agent.apiUrl}/snapshots/

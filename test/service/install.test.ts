@@ -142,7 +142,7 @@ describe('start failures', () => {
   });
 
   test('a Node older than 20 is refused with the reason', () => {
-    assert.equal(unsupportedNode('18.19.0'), 'Node.js 20 or newer is required, this is 18.19.0 (see the README, "Production install")');
+    assert.equal(unsupportedNode('18.19.0'), 'Node.js 20 or newer is required, this is 18.19.0 (see the README, "From a checkout"; the release brings its own Node)');
     assert.equal(unsupportedNode('v16.20.2')?.startsWith('Node.js 20 or newer is required'), true);
     assert.equal(unsupportedNode('20.0.0'), null);
     assert.equal(unsupportedNode('22.11.0'), null);
