@@ -44,11 +44,15 @@ describe('systemd unit', () => {
     assert.equal(result.stderr, '');
   });
 
-  test('ExecStart is the command the README installs, outside the homes ProtectHome hides', () => {
+  test('ExecStart is the release\'s command where the README and the packages put it, outside the homes ProtectHome hides', () => {
     const [execStart] = directive('ExecStart');
-    assert.match(execStart, /^\/usr\/local\/bin\/coriolis-snapshot-agent serve --config \/etc\/coriolis-snapshot-agent\/config\.toml$/);
-    assert.ok(readme.includes('ln -sf /opt/coriolis-snapshot-agent/dist/src/main.js /usr/local/bin/coriolis-snapshot-agent'));
+    assert.match(execStart, /^\/opt\/coriolis-snapshot-agent\/bin\/coriolis-snapshot-agent serve --config \/etc\/coriolis-snapshot-agent\/config\.toml$/);
+    assert.ok(readme.includes('mv /opt/coriolis-snapshot-agent-VERSION-linux-x64 /opt/coriolis-snapshot-agent'));
     assert.deepEqual(directive('ProtectHome'), ['yes']);
+  });
+
+  test('does not start before the operator has written the config', () => {
+    assert.deepEqual(directive('ConditionPathExists'), ['/etc/coriolis-snapshot-agent/config.toml']);
   });
 
   test('Type=notify, and a stop timeout above the longest default drain', () => {
