@@ -31,11 +31,13 @@ export class ScratchRoot {
   ) {}
 
   /**
-   * The root, without `remove` (absolute paths, files or folders) and with the checkout hidden.
-   * `volumes` are folders made in it on a block device's filesystem, not the overlay's: snapstores
-   * must be there, as on a real machine.
+   * The root: `lower` (this machine's / unless another system's tree is given), without `remove`
+   * (absolute paths, files or folders) and with the checkout hidden. `volumes` are folders made
+   * in it on a block device's filesystem, not the overlay's: snapstores must be there, as on a
+   * real machine.
    */
-  static create(remove: string[], volumes: string[] = []): ScratchRoot {
+  static create(options: { remove?: string[]; volumes?: string[]; lower?: string } = {}): ScratchRoot {
+    const { remove = [], volumes = [], lower = '/' } = options;
     const base = fs.mkdtempSync(path.join(os.tmpdir(), 'csa-root-'));
     const layers = path.join(base, 'layers');
     const dir = path.join(base, 'root');
@@ -52,7 +54,7 @@ export class ScratchRoot {
     try {
       fs.mkdirSync(root.upper);
       fs.mkdirSync(path.join(layers, 'work'));
-      must('mount', ['-t', 'overlay', 'scratch-root', '-o', `lowerdir=/,upperdir=${root.upper},workdir=${path.join(layers, 'work')}`, dir]);
+      must('mount', ['-t', 'overlay', 'scratch-root', '-o', `lowerdir=${lower},upperdir=${root.upper},workdir=${path.join(layers, 'work')}`, dir]);
       must('mount', ['-t', 'proc', 'proc', path.join(dir, 'proc')]);
       for (const tree of ['dev', 'sys']) {
         must('mount', ['--rbind', `/${tree}`, path.join(dir, tree)]);
@@ -62,6 +64,7 @@ export class ScratchRoot {
       for (const tmpfs of ['run', 'tmp']) must('mount', ['-t', 'tmpfs', '-o', tmpfs === 'tmp' ? 'mode=1777' : 'mode=0755', tmpfs, path.join(dir, tmpfs)]);
       // The checkout and its node_modules: what runs in the root must bring its own.
       const checkout = path.resolve(__dirname, '../../..');
+      fs.mkdirSync(path.join(dir, checkout), { recursive: true });
       must('mount', ['-t', 'tmpfs', 'no-checkout', path.join(dir, checkout)]);
       for (const gone of remove) fs.rmSync(path.join(dir, gone), { recursive: true, force: true });
       volumes.forEach((volume, index) => {

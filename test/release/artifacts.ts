@@ -1,8 +1,10 @@
 // The release under test: dist/release's files, built by `npm run release` (CI runs it before the
 // tests) or here when they are missing or were built from another commit.
-import { spawnSync } from 'node:child_process';
+import assert from 'node:assert/strict';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { ScratchRoot } from '../helpers/scratch-root';
 
 export const ROOT = path.resolve(__dirname, '../../..');
 const PACKAGE = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { name: string; version: string };
@@ -58,4 +60,48 @@ export function unpack(dir: string): string {
   const result = spawnSync('tar', ['-xzf', TARBALL, '-C', dir], { encoding: 'utf8' });
   if (result.status !== 0) throw new Error(`tar: ${result.stderr}`);
   return path.join(dir, NAME);
+}
+
+export interface DemoSummary {
+  api: string;
+  disks: string[];
+}
+
+export interface RunningDemo {
+  process: ChildProcess;
+  summary: DemoSummary;
+  stdout(): string;
+  stderr(): string;
+  /** SIGINT, then the exit status. */
+  stop(): Promise<number | null>;
+}
+
+/** The release's demo in `root` (one 32 MiB disk in /srv/demo, which must be a volume), once it serves. */
+export async function startDemo(root: ScratchRoot, agent: string): Promise<RunningDemo> {
+  const child = root.spawn([agent, 'demo', '--dir', '/srv/demo', '--api-port', '0', '--nbd-port', '0', '--disks', '1', '--disk-size', '32M']);
+  let stdout = '';
+  let stderr = '';
+  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const summary = await new Promise<DemoSummary>((resolve, reject) => {
+    child.stdout?.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+      const line = stdout.split('\n').find((text) => text.startsWith('{'));
+      if (line !== undefined) resolve(JSON.parse(line) as DemoSummary);
+    });
+    child.on('exit', (code) => reject(new Error(`demo exited ${code}: ${stderr}`)));
+  });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+  return {
+    process: child, summary, stdout: () => stdout, stderr: () => stderr,
+    stop: () => {
+      child.kill('SIGINT');
+      return exited;
+    },
+  };
+}
+
+/** The release's `pull` of the demo's disk into /srv/demo/disk0.raw, which must equal the disk. */
+export function pullDemoDisk(root: ScratchRoot, agent: string, summary: DemoSummary): void {
+  root.ok([agent, 'pull', '--agent', new URL(summary.api).origin, '--disk', 'disk0', '--out', '/srv/demo/disk0.raw', '--certs', '/srv/demo/certs', '--json']);
+  assert.ok(fs.readFileSync(root.path('/srv/demo/disk0.raw')).equals(fs.readFileSync(root.path(summary.disks[0]))), 'the copy is the disk');
 }

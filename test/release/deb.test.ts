@@ -64,7 +64,7 @@ describe('the .deb', { timeout: 1_500_000 }, () => {
     let root: ScratchRoot;
     before(() => {
       // The sample config's snapstore destination, on a disk filesystem as it must be.
-      root = ScratchRoot.create(NODE_PATHS, ['/var/lib/coriolis-snapshots']);
+      root = ScratchRoot.create({ remove: NODE_PATHS, volumes: ['/var/lib/coriolis-snapshots'] });
     });
     after(() => root?.close());
 
@@ -171,7 +171,7 @@ describe('the .deb', { timeout: 1_500_000 }, () => {
   });
 
   test('install then purge leaves the machine as it was, but for dpkg\'s own records', () => {
-    const root = ScratchRoot.create(NODE_PATHS);
+    const root = ScratchRoot.create({ remove: NODE_PATHS });
     try {
       install(root);
       assert.ok(root.changes().some((file) => file.startsWith('opt/coriolis-snapshot-agent/')));

@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import https from 'node:https';
 import { after, before, describe, test } from 'node:test';
 import { ScratchRoot } from '../helpers/scratch-root';
-import { checkoutCommit, ensureRelease, NAME, NODE_PATHS, unpack, VERSION } from './artifacts';
+import { checkoutCommit, ensureRelease, NAME, NODE_PATHS, pullDemoDisk, startDemo, unpack, VERSION } from './artifacts';
 
 const AGENT = `/opt/${NAME}/bin/coriolis-snapshot-agent`;
 
@@ -26,7 +26,7 @@ describe('the release where no Node.js is installed', { timeout: 1_500_000 }, ()
   let root: ScratchRoot;
   before(() => {
     ensureRelease();
-    root = ScratchRoot.create(NODE_PATHS, ['/srv/demo']);
+    root = ScratchRoot.create({ remove: NODE_PATHS, volumes: ['/srv/demo'] });
     unpack(root.path('/opt'));
   });
   after(() => root?.close());
@@ -64,35 +64,22 @@ image_dir = "/srv/csa/engine"
   });
 
   test('the demo serves, says which release it is, and `pull` copies its disk byte for byte', async (t) => {
-    const demo = root.spawn([AGENT, 'demo', '--dir', '/srv/demo', '--api-port', '0', '--nbd-port', '0', '--disks', '1', '--disk-size', '32M']);
-    t.after(() => demo.kill('SIGKILL'));
-    let stderr = '';
-    demo.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    let stdout = '';
-    const summary = await new Promise<{ api: string; disks: string[] }>((resolve, reject) => {
-      demo.stdout?.on('data', (chunk: Buffer) => {
-        stdout += chunk.toString();
-        const line = stdout.split('\n').find((text) => text.startsWith('{'));
-        if (line !== undefined) resolve(JSON.parse(line) as { api: string; disks: string[] });
-      });
-      demo.on('exit', (code) => reject(new Error(`demo exited ${code}: ${stderr}`)));
-    });
+    const demo = await startDemo(root, AGENT);
+    t.after(() => demo.process.kill('SIGKILL'));
+    const { summary } = demo;
     const certs = root.path('/srv/demo/certs');
     const info = await getJson(`${summary.api}/systeminfo`, certs);
     assert.equal(info.agent_version, VERSION);
     assert.equal(info.agent_commit, checkoutCommit());
 
-    const origin = new URL(summary.api).origin;
-    root.ok([AGENT, 'pull', '--agent', origin, '--disk', 'disk0', '--out', '/srv/demo/disk0.raw', '--certs', '/srv/demo/certs', '--json']);
-    assert.ok(fs.readFileSync(root.path('/srv/demo/disk0.raw')).equals(fs.readFileSync(root.path(summary.disks[0]))), 'the copy is the disk');
+    pullDemoDisk(root, AGENT, summary);
 
     // The log command the demo prints is the release's own bunyan, which needs no Node either.
     const bunyan = `/opt/${NAME}/bin/bunyan`;
-    assert.ok(stdout.includes(`(${bunyan} /srv/demo/agent.log)`), stdout);
+    assert.ok(demo.stdout().includes(`(${bunyan} /srv/demo/agent.log)`), demo.stdout());
     assert.match(root.ok([bunyan, '-o', 'short', '/srv/demo/agent.log']), /agent ready/);
 
-    demo.kill('SIGINT');
-    assert.equal(await new Promise((resolve) => demo.on('exit', resolve)), 0);
-    assert.equal(stderr, '');
+    assert.equal(await demo.stop(), 0);
+    assert.equal(demo.stderr(), '');
   });
 });

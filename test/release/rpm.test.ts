@@ -24,7 +24,7 @@ describe('the .rpm', { timeout: 1_500_000 }, () => {
   });
 
   test('installs the agent, the unit and the udev rule in RHEL\'s places and makes the user; erase removes them and the user', () => {
-    const root = ScratchRoot.create(NODE_PATHS);
+    const root = ScratchRoot.create({ remove: NODE_PATHS });
     try {
       fs.copyFileSync(RPM, root.path('/tmp/agent.rpm'));
       const installed = root.ok(['rpm', '-i', '--nodeps', '/tmp/agent.rpm']);
