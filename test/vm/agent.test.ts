@@ -100,10 +100,19 @@ interface Agent {
   stderr: () => string;
 }
 
+/**
+ * The agent's command line for `args`: this checkout's, or a release's launcher when
+ * AGENT_COMMAND names one (dist/release's bin/coriolis-snapshot-agent, unpacked), so that the
+ * release itself can be run against the real module.
+ */
+function agentCommand(args: string[]): [string, string[]] {
+  const release = process.env.AGENT_COMMAND;
+  return release ? [release, args] : [process.execPath, [path.resolve(__dirname, '../../src/main.js'), ...args]];
+}
+
 /** `serve` in a child process; resolves once it logs 'agent ready', rejects if it exits first. */
 function startAgent(config: string): Promise<Agent> {
-  const main = path.resolve(__dirname, '../../src/main.js');
-  const child = spawn(process.execPath, [main, 'serve', '--config', config], { stdio: ['ignore', 'inherit', 'pipe'] });
+  const child = spawn(...agentCommand(['serve', '--config', config]), { stdio: ['ignore', 'inherit', 'pipe'] });
   let log = '';
   return new Promise((resolve, reject) => {
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
@@ -284,8 +293,8 @@ port = ${NBD_PORT}
     step('pull: full copy, then incremental');
     const pulled = path.join(copies, 'pull.raw');
     const pull = async (): Promise<{ mode: string; bytes_fetched: number; blocks_verified: number }> => {
-      const done = await run(process.execPath, [path.resolve(__dirname, '../../src/main.js'), 'pull', '--agent', `https://localhost:${API_PORT}`,
-        '--disk', diskId, '--out', pulled, '--certs', certs, '--json'], { timeoutMs: 20 * 60_000 });
+      const done = await run(...agentCommand(['pull', '--agent', `https://localhost:${API_PORT}`,
+        '--disk', diskId, '--out', pulled, '--certs', certs, '--json']), { timeoutMs: 20 * 60_000 });
       assert.equal(done.code, 0, `pull: ${done.stderr}`);
       return JSON.parse(done.stdout.trim().split('\n').at(-1)!) as { mode: string; bytes_fetched: number; blocks_verified: number };
     };
