@@ -5,18 +5,16 @@
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
-const { script } = require('./scripts');
+const { layout, script, PACKAGE } = require('./package');
 
-const PACKAGE = 'coriolis-snapshot-agent';
-const PREFIX = `/opt/${PACKAGE}`;
 /** Where the packaged files go, from the release directory's contrib/. */
 const FILES = {
-  'contrib/coriolis-snapshot-agent.service': `lib/systemd/system/${PACKAGE}.service`,
-  'contrib/99-veeamsnap.rules': `lib/udev/rules.d/99-${PACKAGE}.rules`,
-  'contrib/config.toml.sample': `etc/${PACKAGE}/config.toml.sample`,
-  'contrib/coriolis-snapshot-agent.logrotate': `etc/logrotate.d/${PACKAGE}`,
+  'contrib/coriolis-snapshot-agent.service': `/lib/systemd/system/${PACKAGE}.service`,
+  'contrib/99-veeamsnap.rules': `/lib/udev/rules.d/99-${PACKAGE}.rules`,
+  'contrib/config.toml.sample': `/etc/${PACKAGE}/config.toml.sample`,
+  'contrib/coriolis-snapshot-agent.logrotate': `/etc/logrotate.d/${PACKAGE}`,
 };
-const CONFFILES = [`/etc/${PACKAGE}/config.toml.sample`, `/etc/logrotate.d/${PACKAGE}`];
+const CONFFILES = [FILES['contrib/config.toml.sample'], FILES['contrib/coriolis-snapshot-agent.logrotate']];
 
 function duKiB(dir) {
   const result = spawnSync('du', ['-sk', dir], { encoding: 'utf8' });
@@ -25,13 +23,7 @@ function duKiB(dir) {
 
 function build({ dir, out, info, work }) {
   const tree = path.join(work, 'deb');
-  fs.cpSync(dir, path.join(tree, PREFIX.slice(1)), { recursive: true, verbatimSymlinks: true });
-  fs.mkdirSync(path.join(tree, 'usr', 'bin'), { recursive: true });
-  fs.symlinkSync(`${PREFIX}/bin/${PACKAGE}`, path.join(tree, 'usr', 'bin', PACKAGE));
-  for (const [from, to] of Object.entries(FILES)) {
-    fs.mkdirSync(path.dirname(path.join(tree, to)), { recursive: true });
-    fs.copyFileSync(path.join(dir, from), path.join(tree, to));
-  }
+  layout(dir, tree, FILES);
   const control = path.join(tree, 'DEBIAN');
   fs.mkdirSync(control);
   fs.writeFileSync(path.join(control, 'control'), [
@@ -67,4 +59,4 @@ function build({ dir, out, info, work }) {
   return path.join(out, name);
 }
 
-module.exports = { build, PACKAGE, PREFIX };
+module.exports = { build };

@@ -5,8 +5,7 @@
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
-const { script } = require('./scripts');
-const { PACKAGE, PREFIX } = require('./deb');
+const { layout, script, PACKAGE, PREFIX } = require('./package');
 
 const FILES = {
   'contrib/coriolis-snapshot-agent.service': `/usr/lib/systemd/system/${PACKAGE}.service`,
@@ -14,7 +13,7 @@ const FILES = {
   'contrib/config.toml.sample': `/etc/${PACKAGE}/config.toml.sample`,
   'contrib/coriolis-snapshot-agent.logrotate': `/etc/logrotate.d/${PACKAGE}`,
 };
-const CONFIG = new Set([`/etc/${PACKAGE}/config.toml.sample`, `/etc/logrotate.d/${PACKAGE}`]);
+const CONFIG = new Set([FILES['contrib/config.toml.sample'], FILES['contrib/coriolis-snapshot-agent.logrotate']]);
 
 /** A scriptlet body: the shared script without its own shebang line (rpm runs it with /bin/sh). */
 function scriptlet(...args) {
@@ -67,13 +66,7 @@ function build({ dir, out, info, work }) {
     return undefined;
   }
   const tree = path.join(work, 'rpm-tree');
-  fs.cpSync(dir, path.join(tree, PREFIX.slice(1)), { recursive: true, verbatimSymlinks: true });
-  fs.mkdirSync(path.join(tree, 'usr', 'bin'), { recursive: true });
-  fs.symlinkSync(`${PREFIX}/bin/${PACKAGE}`, path.join(tree, 'usr', 'bin', PACKAGE));
-  for (const [from, to] of Object.entries(FILES)) {
-    fs.mkdirSync(path.dirname(path.join(tree, to)), { recursive: true });
-    fs.copyFileSync(path.join(dir, from), path.join(tree, to));
-  }
+  layout(dir, tree, FILES);
   const top = path.join(work, 'rpmbuild');
   const specFile = path.join(work, `${PACKAGE}.spec`);
   fs.writeFileSync(specFile, spec(info, tree));
