@@ -64,7 +64,7 @@ function source() {
 function compile(app, work) {
   step('compiling the agent');
   const outDir = path.join(work, 'tsc');
-  run(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', root, '--outDir', outDir, '--sourceMap', 'false'], { cwd: root });
+  run(process.execPath, [require.resolve('typescript/bin/tsc', { paths: [root] }), '-p', root, '--outDir', outDir, '--sourceMap', 'false'], { cwd: root });
   fs.cpSync(path.join(outDir, 'src'), path.join(app, 'dist', 'src'), { recursive: true });
 }
 
@@ -176,8 +176,22 @@ function tarball(stage, info) {
   return file;
 }
 
+/** What the build needs before it starts, each missing piece named. */
+function preflight() {
+  if (process.platform !== 'linux' || process.arch !== 'x64') throw new Error(`builds the linux-x64 release only, on linux-x64 (this is ${process.platform}-${process.arch})`);
+  const major = Number(process.version.slice(1).split('.')[0]);
+  if (major < 20) throw new Error(`the release bundles the Node that runs this build: it must be 20 or newer, this is ${process.version}`);
+  try {
+    require.resolve('typescript/bin/tsc', { paths: [root] });
+    require.resolve('node-gyp/bin/node-gyp.js', { paths: [root] });
+  } catch {
+    throw new Error('the development dependencies are missing: run npm ci first');
+  }
+}
+
 function main() {
   const started = Date.now();
+  preflight();
   const info = (() => {
     const { commit, committedAt } = source();
     return { name: pkg.name, version: pkg.version, commit, committed_at: committedAt, node: process.version, platform: 'linux-x64' };

@@ -155,6 +155,15 @@ describe('the .deb', { timeout: 1_500_000 }, () => {
       assert.equal(await new Promise((resolve) => agent.on('exit', resolve)), 0);
     });
 
+    test('an upgrade (the package installed again) keeps the user, the config and the certificates', () => {
+      const before = { uid: root.ok(['id', '-u', 'coriolis']), config: fs.readFileSync(root.path(CONFIG)), key: fs.readFileSync(root.path(`${CERTS}/server-key.pem`)) };
+      const said = install(root);
+      assert.doesNotMatch(said, /not enabled/, 'the config exists: no first-install instructions');
+      assert.equal(root.ok(['id', '-u', 'coriolis']), before.uid);
+      assert.ok(fs.readFileSync(root.path(CONFIG)).equals(before.config));
+      assert.ok(fs.readFileSync(root.path(`${CERTS}/server-key.pem`)).equals(before.key));
+    });
+
     test('purge keeps, and names, the operator\'s config and certificates and the live snapshot\'s snapstore', () => {
       const snapstores = fs.readdirSync(root.path('/var/lib/coriolis-snapshots')).sort();
       const purged = root.run(['dpkg', '--purge', 'coriolis-snapshot-agent']);
