@@ -15,7 +15,11 @@ usermod --append --groups disk "$USER"
 # The sample config's snapstore destination and the unit's ReadWritePaths=.
 install -d -o "$USER" -g "$USER" -m 0750 /var/lib/coriolis-snapshots
 install -d -m 0755 /etc/coriolis-snapshot-agent
-if [ -d /run/udev ]; then udevadm control --reload-rules || true; fi
+if [ -d /run/udev ]; then
+  udevadm control --reload-rules || true
+  # A module loaded before the package: its devices get the rule's group now, not at the next boot.
+  udevadm trigger --sysname-match='veeam*' || true
+fi
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload || true
   # The running agent, if any, restarts on the new code; live snapshots survive a restart.
