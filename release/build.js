@@ -124,7 +124,8 @@ function runtime(dir) {
   fs.mkdirSync(path.join(dir, 'node', 'bin'), { recursive: true });
   fs.copyFileSync(fs.realpathSync(process.execPath), path.join(dir, 'node', 'bin', 'node'));
   fs.chmodSync(path.join(dir, 'node', 'bin', 'node'), 0o755);
-  const licence = ['/usr/share/doc/nodejs/LICENSE', path.join(path.dirname(path.dirname(fs.realpathSync(process.execPath))), 'LICENSE')].find((file) => fs.existsSync(file));
+  // An official tarball's (and nvm's) is beside bin/; Debian's and NodeSource's packages keep it in doc.
+  const licence = [path.join(path.dirname(path.dirname(fs.realpathSync(process.execPath))), 'LICENSE'), '/usr/share/doc/nodejs/LICENSE'].find((file) => fs.existsSync(file));
   if (licence === undefined) throw new Error(`Node's LICENSE not found beside ${process.execPath}`);
   fs.copyFileSync(licence, path.join(dir, 'node', 'LICENSE'));
 }
