@@ -65,4 +65,4 @@ function checkElf(file) {
   return problems;
 }
 
-module.exports = { checkElf, isElf, needs, NEWEST };
+module.exports = { checkElf, isElf };

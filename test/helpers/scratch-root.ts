@@ -1,6 +1,6 @@
 // A scratch root: this machine's own filesystem seen through an overlay whose writes land in a
-// file system of their own, with chosen paths taken away (the system's Node, the checkout), and fresh /proc, /dev,
-// /sys, /run and /tmp. Commands run in it with chroot. It stands in for another machine: one
+// filesystem of their own, with chosen paths taken away (the system's Node, the checkout), and
+// fresh /proc, /dev, /sys, /run and /tmp. Commands run in it with chroot. It stands in for another machine: one
 // without Node.js, where a package installs as on a real host, and after which the overlay's
 // upper layer lists exactly what changed. Needs root and overlayfs.
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
@@ -46,12 +46,12 @@ export class ScratchRoot {
     // The upper layer on a filesystem of its own (an upper folder inside the lower filesystem would
     // overlap it), and a real one: snapstores need extents, which tmpfs does not have.
     const image = path.join(base, 'layers.ext4');
-    fs.writeFileSync(image, '');
-    fs.truncateSync(image, 4 * 1024 ** 3);
-    must('mkfs.ext4', ['-q', '-F', image]);
-    must('mount', ['-o', 'loop', image, layers]);
     const root = new ScratchRoot(base, dir, path.join(layers, 'upper'));
     try {
+      fs.writeFileSync(image, '');
+      fs.truncateSync(image, 4 * 1024 ** 3);
+      must('mkfs.ext4', ['-q', '-F', image]);
+      must('mount', ['-o', 'loop', image, layers]);
       fs.mkdirSync(root.upper);
       fs.mkdirSync(path.join(layers, 'work'));
       must('mount', ['-t', 'overlay', 'scratch-root', '-o', `lowerdir=${lower},upperdir=${root.upper},workdir=${path.join(layers, 'work')}`, dir]);
@@ -89,15 +89,15 @@ export class ScratchRoot {
     return [this.dir, '/usr/bin/env', '-i', `PATH=${PATH}`, 'HOME=/root', 'LANG=C.UTF-8', ...args];
   }
 
-  run(args: string[], input?: string): Result {
-    const result = spawnSync('chroot', this.chrootArgs(args), { encoding: 'utf8', input, timeout: 300_000 });
+  run(args: string[]): Result {
+    const result = spawnSync('chroot', this.chrootArgs(args), { encoding: 'utf8', timeout: 300_000 });
     if (result.error) throw result.error;
     return { status: result.status, stdout: result.stdout, stderr: result.stderr };
   }
 
   /** `run`, failing with the command's output unless it exits 0. */
-  ok(args: string[], input?: string): string {
-    const result = this.run(args, input);
+  ok(args: string[]): string {
+    const result = this.run(args);
     if (result.status !== 0) throw new Error(`${args.join(' ')} exited ${result.status}:\n${result.stdout}${result.stderr}`);
     return result.stdout;
   }

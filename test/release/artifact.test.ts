@@ -10,7 +10,7 @@ import { checkoutCommit, ensureRelease, NAME, ROOT, TARBALL, unpack, VERSION } f
 
 // release/elf.js is plain JavaScript, outside the TypeScript project.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
-const { checkElf } = require(path.join(ROOT, 'release', 'elf.js')) as { checkElf: (file: string) => string[] };
+const { checkElf, isElf } = require(path.join(ROOT, 'release', 'elf.js')) as { checkElf: (file: string) => string[]; isElf: (file: string) => boolean };
 
 /** The newest GLIBC_ version among a file's undefined symbols, read with objdump (not readelf, as the build does). */
 function newestGlibc(file: string): string {
@@ -21,17 +21,10 @@ function newestGlibc(file: string): string {
 }
 
 function elfFiles(dir: string): string[] {
-  const found: string[] = [];
-  for (const entry of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
-    if (!entry.isFile()) continue;
-    const file = path.join(entry.parentPath, entry.name);
-    const head = Buffer.alloc(4);
-    const fd = fs.openSync(file, 'r');
-    fs.readSync(fd, head, 0, 4, 0);
-    fs.closeSync(fd);
-    if (head.equals(Buffer.from('\x7fELF', 'latin1'))) found.push(file);
-  }
-  return found;
+  return fs.readdirSync(dir, { withFileTypes: true, recursive: true })
+    .filter((entry) => entry.isFile())
+    .map((entry) => path.join(entry.parentPath, entry.name))
+    .filter((file) => isElf(file));
 }
 
 describe('the release tarball', { timeout: 1_500_000 }, () => {

@@ -55,6 +55,18 @@ export function ensureRelease(): void {
   if (result.status !== 0) throw new Error(`npm run release failed:\n${result.stderr}`);
 }
 
+/**
+ * What a package left in `root` (its overlay's changes), apart from the package manager's own
+ * `records`, the account tools' lock and backups, and account files back as they were.
+ */
+export function leftovers(root: ScratchRoot, records: RegExp): string[] {
+  return root.changes().filter((file) => {
+    if (records.test(file) || file === 'etc/.pwd.lock' || /^etc\/(passwd|group|shadow|gshadow|subuid|subgid)-$/.test(file)) return false;
+    const account = /^etc\/(passwd|group|shadow|gshadow|subuid|subgid)$/.test(file);
+    return !(account && fs.existsSync(`/${file}`) && fs.readFileSync(root.path(`/${file}`)).equals(fs.readFileSync(`/${file}`)));
+  });
+}
+
 /** Unpacks the tarball into `dir` (which must exist); returns the release directory. */
 export function unpack(dir: string): string {
   const result = spawnSync('tar', ['-xzf', TARBALL, '-C', dir], { encoding: 'utf8' });

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { freePort } from '../helpers/ports';
 import { ScratchRoot } from '../helpers/scratch-root';
-import { checkoutCommit, DEB, ensureRelease, NODE_PATHS, VERSION } from './artifacts';
+import { checkoutCommit, DEB, ensureRelease, leftovers, NODE_PATHS, VERSION } from './artifacts';
 
 const UNIT = '/lib/systemd/system/coriolis-snapshot-agent.service';
 const CONFIG = '/etc/coriolis-snapshot-agent/config.toml';
@@ -44,17 +44,6 @@ function request(root: ScratchRoot, method: string, url: string, body?: unknown)
 /** A key's values in a unit file (the last one wins for single-valued keys). */
 function unitValues(unit: string, key: string): string[] {
   return [...unit.matchAll(new RegExp(`^${key}=(.*)$`, 'gm'))].map((m) => m[1].trim());
-}
-
-/** Files changed by dpkg's own bookkeeping, and the account files when they are back as they were. */
-function bookkeeping(root: ScratchRoot, file: string): boolean {
-  if (/^var\/(lib\/dpkg|log|cache\/debconf)\//.test(file)) return true;
-  if (file === 'etc/.pwd.lock') return true;
-  if (/^etc\/(passwd|group|shadow|gshadow|subuid|subgid)-?$/.test(file)) {
-    const original = `/${file.replace(/-$/, '')}`;
-    return !fs.existsSync(original) || fs.readFileSync(root.path(`/${file}`)).equals(fs.readFileSync(original)) || file.endsWith('-');
-  }
-  return false;
 }
 
 describe('the .deb', { timeout: 1_500_000 }, () => {
@@ -185,8 +174,7 @@ describe('the .deb', { timeout: 1_500_000 }, () => {
       install(root);
       assert.ok(root.changes().some((file) => file.startsWith('opt/coriolis-snapshot-agent/')));
       root.ok(['dpkg', '--purge', 'coriolis-snapshot-agent']);
-      const left = root.changes().filter((file) => !bookkeeping(root, file));
-      assert.deepEqual(left, []);
+      assert.deepEqual(leftovers(root, /^var\/(lib\/dpkg|log|cache\/debconf)\//), []);
       assert.notEqual(root.run(['getent', 'passwd', 'coriolis']).status, 0, 'the user the package made is gone');
     } finally {
       root.close();
